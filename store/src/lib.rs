@@ -1,1 +1,154 @@
-//! placeholder during bootstrap
+//! The creditflow ledger store: accounts, the append-only ledger, rate card versions and the audit log, on SQLite
+//! (the embedded default) and PostgreSQL (production).
+//!
+//! Both backends run the same SQL (SQLite reads `$1` placeholders too) through the [`on_backend!`] dispatch, which
+//! expands one body of code once per backend. Where the dialects differ, [`Dialect`] holds the difference: how a
+//! write transaction begins and how an account row is locked. The posting rules themselves live in
+//! `creditflow_domain::ledger` and are the same for both.
+
+mod accounts;
+mod audit;
+mod connect;
+mod error;
+mod posting;
+mod rate_cards;
+mod rows;
+mod timestamp;
+
+use sqlx::{Pool, Postgres, Sqlite};
+
+pub use accounts::Account;
+pub use audit::{AuditRecord, NewAuditRecord};
+pub use connect::redact_url;
+pub use error::StoreError;
+pub use posting::LedgerTotals;
+pub use rate_cards::{RateCardAdded, StoredRateCard};
+pub use timestamp::Timestamp;
+
+/// Which database a store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default: one SQLite file.
+    Sqlite,
+    /// PostgreSQL, shared by every process of a deployment.
+    Postgres,
+}
+
+impl Backend {
+    /// Lower-case name for logs and health output.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// The ledger store. Cheap to clone: it holds a connection pool.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// SQLite pool plus an in-process write gate.
+    Sqlite(SqliteStore),
+    /// PostgreSQL pool.
+    Postgres(PostgresStore),
+}
+
+/// The SQLite backend.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: Pool<Sqlite>,
+    /// SQLite has one writer at a time. Queueing our own writers here is fairer and faster than letting them spin on
+    /// `SQLITE_BUSY`; `BEGIN IMMEDIATE` and the busy timeout still protect against other processes.
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The PostgreSQL backend.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: Pool<Postgres>,
+}
+
+/// The SQL that differs between backends.
+#[derive(Debug)]
+struct Dialect {
+    /// Statement that opens a write transaction, when `BEGIN` is not enough.
+    begin_write: Option<&'static str>,
+    /// Statement that opens a read transaction whose queries all see one snapshot, when `BEGIN` is not enough.
+    begin_snapshot: Option<&'static str>,
+    /// Reads an account and locks it for the rest of the transaction.
+    lock_account: &'static str,
+}
+
+const ACCOUNT_COLUMNS_LOCKED_SQLITE: &str =
+    "SELECT balance_millicredits, status, last_sequence FROM accounts WHERE id = $1";
+const ACCOUNT_COLUMNS_LOCKED_POSTGRES: &str =
+    "SELECT balance_millicredits, status, last_sequence FROM accounts WHERE id = $1 FOR UPDATE";
+
+/// SQLite: `BEGIN IMMEDIATE` takes the database write lock up front, so the read of the account and the writes that
+/// follow cannot interleave with another writer (no lost update, no lock upgrade deadlock).
+/// A deferred SQLite transaction reads one WAL snapshot from its first read on.
+const SQLITE: Dialect = Dialect {
+    begin_write: Some("BEGIN IMMEDIATE"),
+    begin_snapshot: None,
+    lock_account: ACCOUNT_COLUMNS_LOCKED_SQLITE,
+};
+/// PostgreSQL: read committed plus a row lock on the account serialises postings to one account only.
+/// Read committed takes a new snapshot per statement, so multi-query reads ask for repeatable read.
+const POSTGRES: Dialect = Dialect {
+    begin_write: None,
+    begin_snapshot: Some("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+    lock_account: ACCOUNT_COLUMNS_LOCKED_POSTGRES,
+};
+
+/// Runs `$body` with `$pool` bound to the backend's pool and `$dialect` to its [`Dialect`]; `$gate` is the write
+/// gate guard (SQLite) or nothing (PostgreSQL) when the `write` form is used.
+macro_rules! on_backend {
+    ($store:expr, |$pool:ident, $dialect:ident| $body:expr) => {
+        match $store {
+            $crate::Store::Sqlite(store) => {
+                let $pool = &store.pool;
+                let $dialect = &$crate::SQLITE;
+                let _ = $dialect;
+                $body
+            }
+            $crate::Store::Postgres(store) => {
+                let $pool = &store.pool;
+                let $dialect = &$crate::POSTGRES;
+                let _ = $dialect;
+                $body
+            }
+        }
+    };
+    (write $store:expr, |$tx:ident, $dialect:ident| $body:expr) => {
+        match $store {
+            $crate::Store::Sqlite(store) => {
+                let _gate = store.write_gate.lock().await;
+                let $dialect = &$crate::SQLITE;
+                let mut $tx = match $dialect.begin_write {
+                    Some(statement) => store.pool.begin_with(statement).await?,
+                    None => store.pool.begin().await?,
+                };
+                $body
+            }
+            $crate::Store::Postgres(store) => {
+                let $dialect = &$crate::POSTGRES;
+                let mut $tx = match $dialect.begin_write {
+                    Some(statement) => store.pool.begin_with(statement).await?,
+                    None => store.pool.begin().await?,
+                };
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_backend;
+
+impl Store {
+    /// Which database this store runs on.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+}

@@ -1,1 +1,87 @@
-//! placeholder during bootstrap
+//! Test support shared by creditflow's test suites: a fresh, empty database per test on either backend.
+//!
+//! PostgreSQL tests create a new database (`cf_test_<uuid>`) on the server named by `CREDITFLOW_TEST_POSTGRES_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`); `scripts/test` drops leftovers before each run. A server
+//! that cannot be reached fails the test with the reason: tests never skip.
+
+use std::path::PathBuf;
+
+use sqlx::{Connection, Executor, PgConnection};
+
+/// The server tests create their PostgreSQL databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("CREDITFLOW_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Which backend a test database is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestBackend {
+    /// A SQLite file in a temporary directory.
+    Sqlite,
+    /// A new database on the test PostgreSQL server.
+    Postgres,
+}
+
+/// An empty database that lives as long as this value (SQLite) or until `scripts/test` cleans up (PostgreSQL).
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// URL to connect creditflow to.
+    pub url: String,
+    /// The directory holding a SQLite file; removed on drop.
+    pub dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    /// Creates an empty database on `backend`. Panics with the reason when the server cannot be reached.
+    pub async fn new(backend: TestBackend) -> Self {
+        match backend {
+            TestBackend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary directory for a SQLite test database");
+                let path: PathBuf = dir.path().join("creditflow.db");
+                Self { url: format!("sqlite://{}", path.display()), dir: Some(dir) }
+            }
+            TestBackend::Postgres => Self { url: fresh_postgres_database().await, dir: None },
+        }
+    }
+}
+
+async fn fresh_postgres_database() -> String {
+    let admin_url = postgres_admin_url();
+    let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|error| {
+        panic!("cannot reach the test PostgreSQL at {admin_url} ({error}); run scripts/test, which starts it")
+    });
+    let name = format!("cf_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap_or_else(|error| panic!("cannot create test database {name}: {error}"));
+    let _ = admin.close().await;
+    with_database(&admin_url, &name)
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(base, query)| (base, Some(query)));
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_database("postgres://u@h/postgres?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}

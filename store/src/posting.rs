@@ -1,0 +1,186 @@
+//! Posting to the ledger: one transaction that locks the account, applies the domain's rules and appends the entry.
+
+use creditflow_domain::{decide, AccountId, AccountState, Decision, Entry, Millicredits, Posting, PostingOutcome};
+use uuid::Uuid;
+
+use crate::audit::{insert_audit, NewAuditRecord};
+use crate::rows::{account_status, entry_columns, EntryRow};
+use crate::{on_backend, Store, StoreError, Timestamp};
+
+/// Attempts before a posting that keeps meeting unique violations gives up with `Contention`. The account lock
+/// makes a violation near impossible; this covers a writer outside creditflow's locking.
+const POSTING_ATTEMPTS: u32 = 3;
+
+/// Sums that must agree: an account's balance and the sum of its entries, or all balances and all entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedgerTotals {
+    /// Sum of the stored balances.
+    pub balances: Millicredits,
+    /// Sum of the entries' amounts.
+    pub entries: Millicredits,
+    /// Number of entries.
+    pub entry_count: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct LockedAccount {
+    balance_millicredits: i64,
+    status: String,
+    last_sequence: i64,
+}
+
+const SELECT_ENTRY_BY_KEY: &str =
+    concat!("SELECT ", entry_columns!(), " FROM ledger_entries WHERE account_id = $1 AND idempotency_key = $2");
+const INSERT_ENTRY: &str = concat!(
+    "INSERT INTO ledger_entries (",
+    entry_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+);
+const UPDATE_BALANCE: &str =
+    "UPDATE accounts SET balance_millicredits = $2, last_sequence = $3, updated_at = $4 WHERE id = $1";
+
+impl Store {
+    /// Applies a posting and returns its outcome. Idempotent: the same key with the same content returns the first
+    /// entry; nothing is written unless the outcome is `Created`.
+    pub async fn post(&self, posting: &Posting) -> Result<PostingOutcome, StoreError> {
+        self.post_with_audit(posting, None).await
+    }
+
+    /// Like [`Store::post`], and appends `audit` in the same transaction when the entry is created (adjustments).
+    pub async fn post_with_audit(
+        &self,
+        posting: &Posting,
+        audit: Option<&NewAuditRecord>,
+    ) -> Result<PostingOutcome, StoreError> {
+        posting.validate()?;
+        for _ in 0..POSTING_ATTEMPTS {
+            match self.post_once(posting, audit).await {
+                Err(error) if error.is_unique_violation() => continue,
+                result => return result,
+            }
+        }
+        Err(StoreError::Contention(posting.account_id.to_string()))
+    }
+
+    async fn post_once(
+        &self,
+        posting: &Posting,
+        audit: Option<&NewAuditRecord>,
+    ) -> Result<PostingOutcome, StoreError> {
+        let account_id = posting.account_id.as_str();
+        on_backend!(write self, |tx, dialect| {
+            let locked: Option<LockedAccount> =
+                sqlx::query_as(dialect.lock_account).bind(account_id).fetch_optional(&mut *tx).await?;
+            let state = match locked {
+                Some(row) => Some(AccountState {
+                    balance: Millicredits::new(row.balance_millicredits),
+                    status: account_status(account_id, &row.status)?,
+                    last_sequence: row.last_sequence,
+                }),
+                None => None,
+            };
+            let existing: Option<EntryRow> = match state {
+                Some(_) => sqlx::query_as(SELECT_ENTRY_BY_KEY)
+                    .bind(account_id)
+                    .bind(posting.idempotency_key.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?,
+                None => None,
+            };
+            let existing = existing.map(Entry::try_from).transpose()?;
+            let (sequence, balance_after) = match decide(posting, state, existing) {
+                // Dropping the transaction rolls it back: a refused posting writes nothing.
+                Decision::Refuse(outcome) => return Ok(outcome),
+                Decision::Append { sequence, balance_after } => (sequence, balance_after),
+            };
+            let now = Timestamp::now();
+            let entry = Entry {
+                id: format!("ent_{}", Uuid::now_v7().simple()),
+                account_id: posting.account_id.clone(),
+                sequence,
+                kind: posting.kind,
+                amount: posting.amount,
+                balance_after,
+                idempotency_key: posting.idempotency_key.clone(),
+                correlation_id: posting.correlation_id.clone(),
+                rate_version: posting.rate_version.clone(),
+                source_ref: posting.source_ref.clone(),
+                reason: posting.reason.clone(),
+                created_at: now.get(),
+            };
+            sqlx::query(INSERT_ENTRY)
+                .bind(entry.id.as_str())
+                .bind(account_id)
+                .bind(entry.sequence)
+                .bind(entry.kind.as_str())
+                .bind(entry.amount.get())
+                .bind(entry.balance_after.get())
+                .bind(entry.idempotency_key.as_str())
+                .bind(entry.correlation_id.as_deref())
+                .bind(entry.rate_version.as_ref().map(|v| v.as_str()))
+                .bind(entry.source_ref.as_deref())
+                .bind(entry.reason.as_deref())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(UPDATE_BALANCE)
+                .bind(account_id)
+                .bind(balance_after.get())
+                .bind(sequence)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(audit) = audit {
+                insert_audit!(tx, audit, now).await?;
+            }
+            tx.commit().await?;
+            Ok(PostingOutcome::Created(entry))
+        })
+    }
+
+    /// An account's entries with a sequence above `after_sequence`, oldest first, at most `limit`.
+    pub async fn entries(
+        &self,
+        account_id: &AccountId,
+        after_sequence: i64,
+        limit: i64,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM ledger_entries WHERE account_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
+        );
+        let rows: Vec<EntryRow> = on_backend!(self, |pool, _dialect| {
+            sqlx::query_as(sql).bind(account_id.as_str()).bind(after_sequence).bind(limit).fetch_all(pool).await?
+        });
+        rows.into_iter().map(Entry::try_from).collect()
+    }
+
+    /// The balance of one account beside the sum of its entries (`None` account: all accounts).
+    pub async fn ledger_totals(&self, account_id: Option<&AccountId>) -> Result<LedgerTotals, StoreError> {
+        // CAST: PostgreSQL sums BIGINT into NUMERIC. SQLite sums integers exactly and raises an error on overflow, so
+        // entries are summed in sequence order: each partial sum of one account is a balance it really had.
+        let balances_sql = "SELECT CAST(COALESCE(SUM(balance_millicredits), 0) AS BIGINT) FROM accounts \
+                            WHERE $1 IS NULL OR id = $1";
+        let entries_sql = "SELECT CAST(COALESCE(SUM(amount_millicredits), 0) AS BIGINT), COUNT(*) FROM \
+                           (SELECT amount_millicredits FROM ledger_entries WHERE $1 IS NULL OR account_id = $1 \
+                            ORDER BY account_id, sequence) AS ordered";
+        let id = account_id.map(AccountId::as_str);
+        // One read transaction so both sums see the same snapshot.
+        let (balances, (entries, entry_count)): (i64, (i64, i64)) = on_backend!(self, |pool, dialect| {
+            let mut tx = match dialect.begin_snapshot {
+                Some(statement) => pool.begin_with(statement).await?,
+                None => pool.begin().await?,
+            };
+            let balances = sqlx::query_scalar(balances_sql).bind(id).fetch_one(&mut *tx).await?;
+            let entries = sqlx::query_as(entries_sql).bind(id).fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            (balances, entries)
+        });
+        Ok(LedgerTotals {
+            balances: Millicredits::new(balances),
+            entries: Millicredits::new(entries),
+            entry_count,
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! Database rows and their conversion to domain types. A stored value the domain cannot read is `Corrupt`.
+
+use creditflow_domain::{AccountId, AccountStatus, Entry, EntryKind, Millicredits, RateVersion};
+
+use crate::{StoreError, Timestamp};
+
+/// Columns of `ledger_entries`, as [`entry_columns!`] selects them.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EntryRow {
+    id: String,
+    account_id: String,
+    sequence: i64,
+    kind: String,
+    amount_millicredits: i64,
+    balance_after_millicredits: i64,
+    idempotency_key: String,
+    correlation_id: Option<String>,
+    rate_version: Option<String>,
+    source_ref: Option<String>,
+    reason: Option<String>,
+    created_at: Timestamp,
+}
+
+/// The `ledger_entries` columns every entry query selects, as a literal for `concat!`.
+macro_rules! entry_columns {
+    () => {
+        "id, account_id, sequence, kind, amount_millicredits, balance_after_millicredits, idempotency_key, \
+         correlation_id, rate_version, source_ref, reason, created_at"
+    };
+}
+pub(crate) use entry_columns;
+
+impl TryFrom<EntryRow> for Entry {
+    type Error = StoreError;
+
+    fn try_from(row: EntryRow) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("ledger entry {}: {what}", row.id));
+        let kind = EntryKind::parse(&row.kind).ok_or_else(|| corrupt("unknown kind"))?;
+        let account_id = AccountId::new(row.account_id.clone()).map_err(|_| corrupt("bad account id"))?;
+        let rate_version = match row.rate_version.clone() {
+            Some(version) => Some(RateVersion::new(version).map_err(|_| corrupt("bad rate version"))?),
+            None => None,
+        };
+        Ok(Entry {
+            id: row.id,
+            account_id,
+            sequence: row.sequence,
+            kind,
+            amount: Millicredits::new(row.amount_millicredits),
+            balance_after: Millicredits::new(row.balance_after_millicredits),
+            idempotency_key: row.idempotency_key,
+            correlation_id: row.correlation_id,
+            rate_version,
+            source_ref: row.source_ref,
+            reason: row.reason,
+            created_at: row.created_at.get(),
+        })
+    }
+}
+
+/// Parses a stored account status.
+pub(crate) fn account_status(account: &str, status: &str) -> Result<AccountStatus, StoreError> {
+    AccountStatus::parse(status).ok_or_else(|| StoreError::Corrupt(format!("account {account}: status `{status}`")))
+}

@@ -1,0 +1,325 @@
+//! The storage test bodies. Each runs unchanged on every backend (see `storage_suite!`).
+
+use std::sync::Arc;
+
+use creditflow_domain::{AccountId, AccountStatus, EntryKind, Millicredits, Overdraft, PostingInvalid, PostingOutcome};
+use creditflow_domain::{RateCard, RateVersion};
+use creditflow_store::{RateCardAdded, StoreError};
+use time::{Duration, OffsetDateTime};
+
+use super::helpers::{adjustment, audit, purchase, usage, Db};
+
+pub(crate) async fn migrations_apply_twice(db: &Db) {
+    db.store.migrate().await.expect("second migration run is a no-op");
+    db.store.ping().await.expect("database answers");
+    let id = db.account_with("acct_m", 1_000).await;
+    db.store.migrate().await.expect("third run, with data");
+    db.assert_balance(&id, 1_000).await;
+}
+
+pub(crate) async fn accounts_are_created_once(db: &Db) {
+    let id = AccountId::new("acct_once").expect("valid");
+    assert!(db.store.create_account(&id).await.expect("create"));
+    assert!(!db.store.create_account(&id).await.expect("create again"));
+    let account = db.store.account(&id).await.expect("read").expect("exists");
+    assert_eq!((account.status, account.balance, account.last_sequence), (AccountStatus::Active, Millicredits::ZERO, 0));
+    let missing = AccountId::new("acct_missing").expect("valid");
+    assert_eq!(db.store.account(&missing).await.expect("read"), None);
+}
+
+pub(crate) async fn posting_creates_an_entry_and_moves_the_balance(db: &Db) {
+    let id = db.account_with("acct_p", 0).await;
+    let before = OffsetDateTime::now_utc() - Duration::seconds(1);
+    let mut credit = purchase(&id, "pi_123", 5_000_000);
+    credit.source_ref = Some("pi_123".into());
+    let PostingOutcome::Created(entry) = db.store.post(&credit).await.expect("post") else { panic!("not created") };
+    assert!(entry.id.starts_with("ent_"), "{}", entry.id);
+    assert_eq!((entry.sequence, entry.kind, entry.amount.get()), (1, EntryKind::PurchaseCredit, 5_000_000));
+    assert_eq!(entry.balance_after, Millicredits::new(5_000_000));
+    assert_eq!(entry.source_ref.as_deref(), Some("pi_123"));
+    assert_eq!(entry.correlation_id.as_deref(), Some("corr-pi_123"));
+    assert!(entry.created_at > before);
+    let PostingOutcome::Created(debit) = db.store.post(&usage(&id, "req-1", 1_800)).await.expect("post") else {
+        panic!("not created")
+    };
+    assert_eq!((debit.sequence, debit.amount.get(), debit.balance_after.get()), (2, -1_800, 4_998_200));
+    assert_eq!(debit.rate_version.as_ref().map(RateVersion::as_str), Some("v1"));
+    let stored = db.store.entries(&id, 0, 10).await.expect("entries");
+    assert_eq!(stored, vec![entry, debit], "entries read back exactly as written");
+    db.assert_balance(&id, 4_998_200).await;
+}
+
+pub(crate) async fn posting_replays_the_first_answer_for_the_same_content(db: &Db) {
+    let id = db.account_with("acct_r", 10_000).await;
+    let debit = usage(&id, "req-A", 2_000);
+    let PostingOutcome::Created(first) = db.store.post(&debit).await.expect("post") else { panic!("not created") };
+    // A retry after the balance moved, and after a freeze, still gets the first answer.
+    db.store.post(&purchase(&id, "later", 7)).await.expect("post");
+    db.store.set_account_status(&id, AccountStatus::Frozen, &audit("account.freeze", "acct_r")).await.expect("freeze");
+    let overdraft_retry = creditflow_domain::Posting { overdraft: Overdraft::Allow, ..debit.clone() };
+    for retry in [&debit, &overdraft_retry] {
+        assert_eq!(db.store.post(retry).await.expect("replay"), PostingOutcome::Exists(first.clone()));
+    }
+    db.assert_balance(&id, 8_007).await;
+}
+
+pub(crate) async fn posting_with_the_same_key_and_other_content_conflicts(db: &Db) {
+    let id = db.account_with("acct_c", 10_000).await;
+    let PostingOutcome::Created(first) = db.store.post(&usage(&id, "req-B", 2_000)).await.expect("post") else {
+        panic!("not created")
+    };
+    let mut other_correlation = usage(&id, "req-B", 2_000);
+    other_correlation.correlation_id = Some("another".into());
+    for conflicting in [usage(&id, "req-B", 2_001), other_correlation, purchase(&id, "req-B", 2_000)] {
+        let outcome = db.store.post(&conflicting).await.expect("post");
+        assert_eq!(outcome, PostingOutcome::ExistsWithDifferentContent(first.clone()));
+    }
+    // The same key on another account is another posting.
+    let other = db.account_with("acct_c2", 5_000).await;
+    assert!(matches!(db.store.post(&usage(&other, "req-B", 2_000)).await.expect("post"), PostingOutcome::Created(_)));
+    db.assert_balance(&id, 8_000).await;
+    let all = db.store.ledger_totals(None).await.expect("totals");
+    assert_eq!((all.balances.get(), all.entries.get(), all.entry_count), (11_000, 11_000, 4), "total liability");
+}
+
+pub(crate) async fn insufficient_funds_reports_the_shortfall_and_keeps_the_key_free(db: &Db) {
+    let id = db.account_with("acct_s", 1_200).await;
+    let debit = usage(&id, "req-C", 1_500);
+    let outcome = db.store.post(&debit).await.expect("post");
+    let expected =
+        PostingOutcome::InsufficientFunds { balance: Millicredits::new(1_200), shortfall: Millicredits::new(300) };
+    assert_eq!(outcome, expected);
+    db.assert_balance(&id, 1_200).await;
+    // A refused posting does not consume its key: after a top-up the same request goes through.
+    db.store.post(&purchase(&id, "topup", 300)).await.expect("top up");
+    assert!(matches!(db.store.post(&debit).await.expect("retry"), PostingOutcome::Created(_)));
+    db.assert_balance(&id, 0).await;
+}
+
+pub(crate) async fn overdraft_may_take_the_balance_below_zero(db: &Db) {
+    let id = db.account_with("acct_o", 1_000).await;
+    let mut batch_usage = usage(&id, "evt-1", 2_500);
+    batch_usage.overdraft = Overdraft::Allow;
+    let PostingOutcome::Created(entry) = db.store.post(&batch_usage).await.expect("post") else { panic!() };
+    assert_eq!(entry.balance_after, Millicredits::new(-1_500));
+    // Without overdraft, a debit on a negative balance lacks the debt plus the debit.
+    let outcome = db.store.post(&usage(&id, "req-D", 100)).await.expect("post");
+    let expected =
+        PostingOutcome::InsufficientFunds { balance: Millicredits::new(-1_500), shortfall: Millicredits::new(1_600) };
+    assert_eq!(outcome, expected);
+    db.assert_balance(&id, -1_500).await;
+}
+
+pub(crate) async fn frozen_accounts_refuse_usage_but_record_money_that_moved(db: &Db) {
+    let id = db.account_with("acct_f", 10_000).await;
+    let freeze = audit("account.freeze", "acct_f");
+    assert!(db.store.set_account_status(&id, AccountStatus::Frozen, &freeze).await.expect("freeze"));
+    assert!(!db.store.set_account_status(&id, AccountStatus::Frozen, &freeze).await.expect("freeze again"));
+    assert_eq!(db.store.post(&usage(&id, "req-E", 10)).await.expect("post"), PostingOutcome::AccountFrozen);
+    assert!(matches!(db.store.post(&purchase(&id, "pi_f", 500)).await.expect("post"), PostingOutcome::Created(_)));
+    let unfreeze = audit("account.unfreeze", "acct_f");
+    assert!(db.store.set_account_status(&id, AccountStatus::Active, &unfreeze).await.expect("unfreeze"));
+    assert!(matches!(db.store.post(&usage(&id, "req-E", 10)).await.expect("post"), PostingOutcome::Created(_)));
+    db.assert_balance(&id, 10_490).await;
+    let log = db.store.audit_log(None, 10).await.expect("audit log");
+    let actions: Vec<&str> = log.iter().map(|record| record.action.as_str()).collect();
+    assert_eq!(actions, ["account.unfreeze", "account.freeze", "account.freeze"]);
+    assert!(log.iter().all(|record| record.actor == "test-operator" && record.subject == "acct_f"));
+    let missing = AccountId::new("acct_nobody").expect("valid");
+    let error = db.store.set_account_status(&missing, AccountStatus::Frozen, &freeze).await.expect_err("missing");
+    assert!(matches!(error, StoreError::AccountNotFound(_)), "{error:?}");
+}
+
+pub(crate) async fn postings_to_unknown_accounts_are_refused(db: &Db) {
+    let missing = AccountId::new("acct_ghost").expect("valid");
+    assert_eq!(db.store.post(&purchase(&missing, "k", 1)).await.expect("post"), PostingOutcome::AccountNotFound);
+    assert_eq!(db.store.ledger_totals(None).await.expect("totals").entry_count, 0);
+}
+
+pub(crate) async fn overflowing_balances_are_refused(db: &Db) {
+    let id = db.account_with("acct_big", i64::MAX).await;
+    assert_eq!(db.store.post(&purchase(&id, "one-more", 1)).await.expect("post"), PostingOutcome::Overflow);
+    let other = db.account_with("acct_low", 0).await;
+    let mut huge_debit = adjustment(&other, "down", -1);
+    huge_debit.overdraft = Overdraft::Allow;
+    assert!(matches!(db.store.post(&huge_debit).await.expect("post"), PostingOutcome::Created(_)));
+    huge_debit.amount = Millicredits::new(i64::MIN);
+    huge_debit.idempotency_key = "further".into();
+    assert_eq!(db.store.post(&huge_debit).await.expect("post"), PostingOutcome::Overflow);
+    db.assert_balance(&id, i64::MAX).await;
+    db.assert_balance(&other, -1).await;
+}
+
+pub(crate) async fn invalid_postings_fail_before_touching_storage(db: &Db) {
+    let id = db.account_with("acct_i", 100).await;
+    let mut unexplained = adjustment(&id, "adj", 5);
+    unexplained.reason = None;
+    let rows = [
+        (purchase(&id, "neg", -5), PostingInvalid::AmountSign),
+        (usage(&id, "", 5), PostingInvalid::IdempotencyKey),
+        (unexplained, PostingInvalid::Reason),
+    ];
+    for (posting, expected) in rows {
+        let error = db.store.post(&posting).await.expect_err("invalid");
+        assert!(matches!(error, StoreError::InvalidPosting(e) if e == expected), "{posting:?}");
+    }
+    db.assert_balance(&id, 100).await;
+}
+
+pub(crate) async fn database_refuses_update_and_delete_of_entries(db: &Db) {
+    let id = db.account_with("acct_imm", 5_000).await;
+    db.store.post(&adjustment(&id, "adj-1", -100)).await.expect("adjust");
+    let card_toml = "version = \"v1\"\nrounding = \"ceil\"\n[models.m]\nx = 1\n";
+    let card = RateCard::from_toml(card_toml).expect("card");
+    db.store.add_rate_card(&card, card_toml).await.expect("add card");
+    db.store.append_audit(&audit("ledger.adjust", "acct_imm")).await.expect("audit row");
+    let statements = [
+        "UPDATE ledger_entries SET amount_millicredits = 1",
+        "UPDATE ledger_entries SET reason = 'changed' WHERE sequence = 2",
+        "DELETE FROM ledger_entries",
+        "DELETE FROM ledger_entries WHERE sequence = 2",
+        "UPDATE audit_log SET actor = 'someone else'",
+        "DELETE FROM audit_log",
+        "UPDATE rate_cards SET document = 'x'",
+        "DELETE FROM rate_cards",
+    ];
+    for sql in statements {
+        let error = db.raw_execute(sql).await.expect_err(sql);
+        assert!(error.contains("append-only"), "{sql}: {error}");
+    }
+    if db.database.url.starts_with("postgres") {
+        let error = db.raw_execute("TRUNCATE ledger_entries CASCADE").await.expect_err("truncate");
+        assert!(error.contains("append-only"), "{error}");
+    }
+    db.assert_balance(&id, 4_900).await;
+}
+
+pub(crate) async fn database_refuses_an_entry_that_breaks_the_chain(db: &Db) {
+    let id = db.account_with("acct_chain", 1_000).await;
+    let insert = |sequence: i64, amount: i64, balance_after: i64| {
+        format!(
+            "INSERT INTO ledger_entries (id, account_id, sequence, kind, amount_millicredits, \
+             balance_after_millicredits, idempotency_key, created_at) VALUES ('ent_forged{sequence}{balance_after}', \
+             'acct_chain', {sequence}, 'adjustment', {amount}, {balance_after}, 'forged{sequence}{balance_after}', \
+             '2026-01-01T00:00:00.000000Z')"
+        )
+    };
+    // A wrong balance, a skipped sequence, and a duplicate sequence are all refused.
+    for sql in [insert(2, 500, 9_999), insert(3, 500, 1_500), insert(1, 500, 500)] {
+        let error = db.raw_execute(&sql).await.expect_err(&sql);
+        assert!(error.contains("chain") || error.contains("unique") || error.contains("UNIQUE"), "{sql}: {error}");
+    }
+    db.assert_balance(&id, 1_000).await;
+}
+
+pub(crate) async fn concurrent_debits_never_overdraw(db: &Db) {
+    // 64 tasks each debit 1,000 from 10,500: exactly ten fit.
+    let id = db.account_with("acct_race", 10_500).await;
+    let store = Arc::new(db.store.clone());
+    let tasks: Vec<_> = (0..64)
+        .map(|task| {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::spawn(async move { store.post(&usage(&id, &format!("race-{task}"), 1_000)).await })
+        })
+        .collect();
+    let (mut created, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await.expect("task ran").expect("posting answered") {
+            PostingOutcome::Created(entry) => {
+                assert!(!entry.balance_after.is_negative(), "{entry:?}");
+                created += 1;
+            }
+            PostingOutcome::InsufficientFunds { balance, shortfall } => {
+                assert_eq!(balance.checked_add(shortfall).expect("small"), Millicredits::new(1_000));
+                refused += 1;
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((created, refused), (10, 54));
+    db.assert_balance(&id, 500).await;
+    let entries = db.store.entries(&id, 0, 100).await.expect("entries");
+    let sequences: Vec<i64> = entries.iter().map(|entry| entry.sequence).collect();
+    assert_eq!(sequences, (1..=11).collect::<Vec<_>>(), "no gaps, no duplicates");
+}
+
+pub(crate) async fn concurrent_retries_of_one_key_create_one_entry(db: &Db) {
+    let id = db.account_with("acct_dup", 100_000).await;
+    let store = Arc::new(db.store.clone());
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::spawn(async move { store.post(&usage(&id, "same-request", 1_000)).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("task ran").expect("posting answered"));
+    }
+    let created: Vec<_> = outcomes.iter().filter(|o| matches!(o, PostingOutcome::Created(_))).collect();
+    assert_eq!(created.len(), 1, "{outcomes:?}");
+    let PostingOutcome::Created(entry) = created[0] else { unreachable!() };
+    assert!(outcomes.iter().all(|o| o == created[0] || *o == PostingOutcome::Exists(entry.clone())));
+    db.assert_balance(&id, 99_000).await;
+}
+
+pub(crate) async fn adjustments_write_entry_and_audit_together(db: &Db) {
+    let id = db.account_with("acct_adj", 1_000).await;
+    let record = audit("ledger.adjust", "acct_adj");
+    let posting = adjustment(&id, "adj-42", 250);
+    let outcome = db.store.post_with_audit(&posting, Some(&record)).await.expect("adjust");
+    assert!(matches!(outcome, PostingOutcome::Created(_)));
+    // A replay creates nothing and so logs nothing.
+    let replay = db.store.post_with_audit(&posting, Some(&record)).await.expect("replay");
+    assert!(matches!(replay, PostingOutcome::Exists(_)));
+    let log = db.store.audit_log(None, 10).await.expect("log");
+    assert_eq!(log.len(), 1);
+    assert_eq!((log[0].action.as_str(), log[0].reason.as_deref()), ("ledger.adjust", Some("testing")));
+    db.assert_balance(&id, 1_250).await;
+}
+
+pub(crate) async fn entries_page_in_sequence_order(db: &Db) {
+    let id = db.account_with("acct_page", 0).await;
+    for n in 1..=25 {
+        db.store.post(&purchase(&id, &format!("k{n}"), n)).await.expect("post");
+    }
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let page = db.store.entries(&id, cursor, 10).await.expect("page");
+        let Some(last) = page.last() else { break };
+        cursor = last.sequence;
+        seen.extend(page.iter().map(|entry| entry.amount.get()));
+    }
+    assert_eq!(seen, (1..=25).collect::<Vec<_>>());
+    db.assert_balance(&id, (1..=25).sum()).await;
+}
+
+pub(crate) async fn rate_cards_are_immutable_and_activate_by_time(db: &Db) {
+    let now = OffsetDateTime::now_utc();
+    assert_eq!(db.store.active_rate_card(now).await.expect("read"), None);
+    let v1_toml = "version = \"v1\"\nrounding = \"ceil\"\n[models.m]\nx = \"0.5\"\n";
+    let v2_toml = "version = \"v2\"\nrounding = \"precise\"\n[models.m]\nx = \"0.25\"\n";
+    let (v1, v2) = (RateCard::from_toml(v1_toml).expect("v1"), RateCard::from_toml(v2_toml).expect("v2"));
+    assert_eq!(db.store.add_rate_card(&v1, v1_toml).await.expect("add"), RateCardAdded::Created);
+    assert_eq!(db.store.add_rate_card(&v1, v1_toml).await.expect("add"), RateCardAdded::Exists);
+    let edited = "version = \"v1\"\nrounding = \"ceil\"\n[models.m]\nx = \"0.6\"\n";
+    let edited_card = RateCard::from_toml(edited).expect("edited");
+    assert_eq!(db.store.add_rate_card(&edited_card, edited).await.expect("add"), RateCardAdded::Conflict);
+    db.store.add_rate_card(&v2, v2_toml).await.expect("add");
+    let activate = audit("rate_card.activate", "v1");
+    db.store.activate_rate_card(v1.version(), now - Duration::hours(1), &activate).await.expect("activate v1");
+    db.store.activate_rate_card(v2.version(), now + Duration::hours(1), &activate).await.expect("schedule v2");
+    let active_now = db.store.active_rate_card(now).await.expect("read").expect("v1 active");
+    assert_eq!((active_now.card, active_now.document.as_str()), (v1.clone(), v1_toml));
+    let later = db.store.active_rate_card(now + Duration::hours(2)).await.expect("read").expect("v2 active");
+    assert_eq!(later.card, v2);
+    let missing = RateVersion::new("v9").expect("valid");
+    let error = db.store.activate_rate_card(&missing, now, &activate).await.expect_err("missing version");
+    assert!(matches!(error, StoreError::RateCardNotFound(_)), "{error:?}");
+    assert_eq!(db.store.audit_log(None, 10).await.expect("log").len(), 2);
+}
+
+pub(crate) async fn random_postings_match_the_reference_model(db: &Db) {
+    super::property::check_against_reference_model(db).await;
+}
