@@ -1,1 +1,51 @@
-fn main() {}
+//! The `creditflow` binary: parses the command line, loads and validates the configuration, sets up logging and
+//! runs the chosen subcommand. Exit status 0 on success, 1 on a runtime failure, 2 on bad configuration.
+
+mod cli;
+mod config;
+mod logging;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match config::load(cli.config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("creditflow: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Config = cli.command {
+        print!("{}", loaded.config.to_redacted_toml());
+        return ExitCode::SUCCESS;
+    }
+    logging::init(&loaded.config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("creditflow: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve => serve::serve(&loaded).await,
+            Command::Migrate => serve::migrate(&loaded).await,
+            Command::Config => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, "creditflow failed");
+            eprintln!("creditflow: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

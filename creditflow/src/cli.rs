@@ -1,0 +1,40 @@
+//! The command line: one binary, roles and tools as subcommands.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// creditflow — a prepaid-credits billing pipeline for usage-based APIs.
+///
+/// Customers buy credit packs, usage is priced against a versioned rate card and debited from an append-only
+/// ledger. With no configuration at all creditflow runs embedded on a SQLite file in the working directory; set
+/// DATABASE_URL to a postgres:// URL for production.
+#[derive(Debug, Parser)]
+#[command(name = "creditflow", version, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Configuration file (TOML). Default: creditflow.toml in the working directory, when it exists.
+    #[arg(long, global = true, env = "CREDITFLOW_CONFIG", value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run creditflow: the HTTP API on `listen` (GET /health, GET /readyz).
+    ///
+    /// On start it applies pending migrations (unless auto_migrate = false), stores the configured rate card and
+    /// activates it when no rate card is active yet. SIGTERM or Ctrl-C stops accepting connections and lets
+    /// requests in flight finish for up to shutdown_grace_seconds.
+    Serve,
+    /// Apply pending database migrations, then exit.
+    ///
+    /// Safe to run again: applied migrations are skipped. Use it before starting new versions when auto_migrate is
+    /// off, as production deployments usually prefer.
+    Migrate,
+    /// Print the effective configuration (defaults, file and environment merged; passwords redacted) and exit.
+    ///
+    /// Fails with a message naming the bad key when the configuration is invalid, so it doubles as a check.
+    Config,
+}

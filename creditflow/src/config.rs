@@ -1,0 +1,172 @@
+//! Configuration: built-in defaults, then an optional TOML file, then the environment.
+//!
+//! The file is `--config PATH` (or `CREDITFLOW_CONFIG`), else `creditflow.toml` in the working directory when it
+//! exists. Every key can be set from the environment as `CREDITFLOW_<KEY>`; `DATABASE_URL` and `REDIS_URL` are read
+//! too, as most platforms set them. Everything is validated once at start, and errors name the key and where its
+//! value came from. See `config/creditflow.example.toml` for every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use creditflow_domain::{PackCatalog, RateCard};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The rate card shipped with creditflow, activated on first start when the database has none.
+pub(crate) const DEFAULT_RATE_CARD: &str = include_str!("../../config/rate-cards/v1.toml");
+/// The credit packs shipped with creditflow.
+pub(crate) const DEFAULT_PACKS: &str = include_str!("../../config/packs.toml");
+/// The file read from the working directory when no other is named.
+const DEFAULT_CONFIG_FILE: &str = "creditflow.toml";
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines (the default on the embedded setup).
+    Pretty,
+    /// One JSON object per line, for log collectors in production.
+    Json,
+}
+
+/// creditflow's settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// `sqlite://PATH` (the default: `creditflow.db` in the working directory) or `postgres://...`.
+    pub(crate) database_url: String,
+    /// Connections per process in the database pool.
+    pub(crate) database_max_connections: u32,
+    /// Apply pending migrations when `serve` starts.
+    pub(crate) auto_migrate: bool,
+    /// Redis for the job queue and the shared rate limiter in production (`redis://...`); unused until those land.
+    pub(crate) redis_url: Option<String>,
+    /// Address the HTTP server binds.
+    pub(crate) listen: SocketAddr,
+    /// A rate card TOML to store (and activate when none is active) at start; the shipped `v1` when unset.
+    pub(crate) rate_card_file: Option<PathBuf>,
+    /// The credit pack list; the shipped list when unset.
+    pub(crate) packs_file: Option<PathBuf>,
+    /// `pretty` or `json`.
+    pub(crate) log_format: LogFormat,
+    /// Log filter in `RUST_LOG` syntax (`RUST_LOG` itself wins when set).
+    pub(crate) log_filter: String,
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
+    pub(crate) shutdown_grace_seconds: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://creditflow.db".to_owned(),
+            database_max_connections: 16,
+            auto_migrate: true,
+            redis_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            rate_card_file: None,
+            packs_file: None,
+            log_format: LogFormat::Pretty,
+            log_filter: "info".to_owned(),
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key and the source of its value.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// A value could not be read (wrong type, unknown key, unreadable file).
+    #[error("configuration: {0}")]
+    Load(Box<figment::Error>),
+    /// A value was read but breaks a rule.
+    #[error("configuration key `{key}`: {message}")]
+    Invalid {
+        /// The key at fault.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The configuration plus the documents it points to, parsed and validated.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    /// The settings.
+    pub(crate) config: Config,
+    /// The rate card to make sure is stored.
+    pub(crate) rate_card: RateCard,
+    /// Its TOML text, stored as uploaded.
+    pub(crate) rate_card_document: String,
+    /// The packs on sale.
+    pub(crate) packs: PackCatalog,
+}
+
+/// Reads the configuration for `explicit_file` (or the default file when it exists) and the process environment.
+pub(crate) fn load(explicit_file: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    match explicit_file {
+        Some(path) => {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    message: format!("{} is not a readable file", path.display()),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        None if Path::new(DEFAULT_CONFIG_FILE).is_file() => figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE)),
+        None => {}
+    }
+    let figment = figment
+        .merge(Env::prefixed("CREDITFLOW_").ignore(&["config", "test_postgres_url"]))
+        .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL"]));
+    let config: Config = figment.extract().map_err(|error| ConfigError::Load(Box::new(error)))?;
+    validate(config)
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+fn validate(config: Config) -> Result<Loaded, ConfigError> {
+    let url = config.database_url.as_str();
+    if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(invalid("database_url", "use sqlite://PATH or postgres://USER@HOST/DATABASE"));
+    }
+    if config.database_max_connections == 0 {
+        return Err(invalid("database_max_connections", "must be at least 1"));
+    }
+    let redis_schemes = ["redis://", "rediss://", "redis+unix://"];
+    if config.redis_url.as_deref().is_some_and(|url| !redis_schemes.iter().any(|scheme| url.starts_with(scheme))) {
+        return Err(invalid("redis_url", "use redis://HOST:PORT or rediss://HOST:PORT"));
+    }
+    if config.shutdown_grace_seconds > 3_600 {
+        return Err(invalid("shutdown_grace_seconds", "must be at most 3600"));
+    }
+    if let Err(error) = config.log_filter.parse::<tracing_subscriber::EnvFilter>() {
+        return Err(invalid("log_filter", error.to_string()));
+    }
+    let rate_card_document = read_document("rate_card_file", config.rate_card_file.as_deref(), DEFAULT_RATE_CARD)?;
+    let rate_card = RateCard::from_toml(&rate_card_document).map_err(|e| invalid("rate_card_file", e.to_string()))?;
+    let packs_document = read_document("packs_file", config.packs_file.as_deref(), DEFAULT_PACKS)?;
+    let packs = PackCatalog::from_toml(&packs_document).map_err(|e| invalid("packs_file", e.to_string()))?;
+    Ok(Loaded { config, rate_card, rate_card_document, packs })
+}
+
+fn read_document(key: &'static str, path: Option<&Path>, default: &str) -> Result<String, ConfigError> {
+    match path {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display()))),
+        None => Ok(default.to_owned()),
+    }
+}
+
+impl Config {
+    /// The configuration as TOML with passwords in URLs redacted, for `creditflow config`.
+    pub(crate) fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database_url = creditflow_store::redact_url(&shown.database_url);
+        shown.redis_url = shown.redis_url.as_deref().map(creditflow_store::redact_url);
+        toml::to_string(&shown).unwrap_or_else(|error| format!("# cannot render the configuration: {error}\n"))
+    }
+}

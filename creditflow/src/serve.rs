@@ -1,0 +1,115 @@
+//! `creditflow serve` and `creditflow migrate`: open the store, prepare it, serve until asked to stop.
+
+use std::time::Duration;
+
+use creditflow_api::{app, AppState};
+use creditflow_store::{NewAuditRecord, RateCardAdded, Store};
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::Server;
+use time::OffsetDateTime;
+
+use crate::config::Loaded;
+
+/// Opens the store named by the configuration.
+pub(crate) async fn open_store(loaded: &Loaded) -> anyhow::Result<Store> {
+    let config = &loaded.config;
+    let store = Store::connect(&config.database_url, config.database_max_connections).await.map_err(|error| {
+        anyhow::anyhow!("cannot open the database {}: {error}", creditflow_store::redact_url(&config.database_url))
+            .context(format!("{error:?}"))
+    })?;
+    Ok(store)
+}
+
+/// `creditflow migrate`.
+pub(crate) async fn migrate(loaded: &Loaded) -> anyhow::Result<()> {
+    let store = open_store(loaded).await?;
+    store.migrate().await?;
+    tracing::info!(backend = store.backend().as_str(), "migrations applied");
+    store.close().await;
+    Ok(())
+}
+
+/// `creditflow serve`.
+pub(crate) async fn serve(loaded: &Loaded) -> anyhow::Result<()> {
+    let config = &loaded.config;
+    let store = open_store(loaded).await?;
+    if config.auto_migrate {
+        store.migrate().await?;
+    }
+    ensure_rate_card(&store, loaded).await?;
+    if config.redis_url.is_some() {
+        tracing::warn!("redis_url is set, but no component uses Redis yet (the job queue and shared rate limiter)");
+    }
+    let acceptor = TcpListener::bind(config.listen).into_acceptor().await?;
+    let address = acceptor.local_addr().first().and_then(|local| local.as_socket_addr().copied());
+    let address = address.map(|address| address.to_string()).unwrap_or_default();
+    tracing::info!(
+        address,
+        backend = store.backend().as_str(),
+        packs = loaded.packs.packs().len(),
+        "creditflow is serving"
+    );
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app(AppState { store: store.clone() }), shutdown_signal(), Some(grace))
+        .await?;
+    store.close().await;
+    tracing::info!("creditflow stopped");
+    Ok(())
+}
+
+/// Stores the configured rate card, and activates it when the database has no active card (the first start).
+async fn ensure_rate_card(store: &Store, loaded: &Loaded) -> anyhow::Result<()> {
+    let card = &loaded.rate_card;
+    match store.add_rate_card(card, &loaded.rate_card_document).await? {
+        RateCardAdded::Created => tracing::info!(version = %card.version(), "rate card stored"),
+        RateCardAdded::Exists => {}
+        RateCardAdded::Conflict => tracing::warn!(
+            version = %card.version(),
+            "the configured rate card differs from the stored version of the same name; versions are immutable, \
+             so the stored one is kept: give the new document a new version"
+        ),
+    }
+    let now = OffsetDateTime::now_utc();
+    if store.active_rate_card(now).await?.is_none() {
+        let audit = NewAuditRecord {
+            actor: "system:bootstrap".to_owned(),
+            action: "rate_card.activate".to_owned(),
+            subject: card.version().to_string(),
+            reason: Some("no rate card was active at start".to_owned()),
+            details: "{}".to_owned(),
+        };
+        store.activate_rate_card(card.version(), now, &audit).await?;
+        tracing::info!(version = %card.version(), "rate card activated");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested: finishing requests in flight");
+}
