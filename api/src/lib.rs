@@ -9,7 +9,7 @@ mod probes;
 
 use creditflow_store::Store;
 use poem::middleware::Tracing;
-use poem::{get, Endpoint, EndpointExt, Route};
+use poem::{Endpoint, EndpointExt, Route, get};
 
 pub use errors::ErrorBody;
 

@@ -1,6 +1,6 @@
 //! The API's probes and error bodies, served in-process on both backends.
 
-use creditflow_api::{app, AppState};
+use creditflow_api::{AppState, app};
 use creditflow_domain::RateCard;
 use creditflow_store::{NewAuditRecord, Store};
 use creditflow_testkit::{TestBackend, TestDatabase};

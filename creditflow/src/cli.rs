@@ -1,4 +1,7 @@
 //! The command line: one binary, roles and tools as subcommands.
+//!
+//! The doc comments below are the `--help` text, read in a terminal, so they name keys without Markdown backticks.
+#![allow(clippy::doc_markdown)]
 
 use std::path::PathBuf;
 

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use creditflow_domain::{PackCatalog, RateCard};
-use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// The rate card shipped with creditflow, activated on first start when the database has none.
@@ -76,9 +76,9 @@ impl Default for Config {
 /// A configuration that cannot be used; the message names the key and the source of its value.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConfigError {
-    /// A value could not be read (wrong type, unknown key, unreadable file).
+    /// Values could not be read (wrong type, unknown key, unreadable file); one line per problem.
     #[error("configuration: {0}")]
-    Load(Box<figment::Error>),
+    Load(String),
     /// A value was read but breaks a rule.
     #[error("configuration key `{key}`: {message}")]
     Invalid {
@@ -115,14 +115,43 @@ pub(crate) fn load(explicit_file: Option<&Path>) -> Result<Loaded, ConfigError> 
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        None if Path::new(DEFAULT_CONFIG_FILE).is_file() => figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE)),
+        None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
+            figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+        }
         None => {}
     }
     let figment = figment
         .merge(Env::prefixed("CREDITFLOW_").ignore(&["config", "test_postgres_url"]))
         .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL"]));
-    let config: Config = figment.extract().map_err(|error| ConfigError::Load(Box::new(error)))?;
+    let config: Config = figment.extract().map_err(|error| ConfigError::Load(describe(error)))?;
     validate(config)
+}
+
+/// Names each bad key in lower case with where its value came from: a file, or the environment variable itself.
+fn describe(errors: figment::Error) -> String {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|error| {
+            let key = error.path.join(".").to_lowercase();
+            let origin = match (&error.metadata, &error.profile) {
+                (Some(metadata), _) if matches!(metadata.source, Some(figment::Source::File(_))) => {
+                    metadata.source.as_ref().map(|source| format!(" (in {source})")).unwrap_or_default()
+                }
+                (Some(metadata), Some(profile)) if metadata.name.contains("environment") => {
+                    let prefix = if metadata.name.contains("CREDITFLOW_") { "CREDITFLOW_" } else { "" };
+                    let variable = metadata.interpolate(profile, &error.path).to_uppercase();
+                    format!(" (from environment variable {prefix}{variable})")
+                }
+                _ => String::new(),
+            };
+            if key.is_empty() {
+                format!("{}{origin}", error.kind)
+            } else {
+                format!("key `{key}`{origin}: {}", error.kind)
+            }
+        })
+        .collect();
+    lines.join("; ")
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -156,7 +185,9 @@ fn validate(config: Config) -> Result<Loaded, ConfigError> {
 
 fn read_document(key: &'static str, path: Option<&Path>, default: &str) -> Result<String, ConfigError> {
     match path {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display()))),
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
+        }
         None => Ok(default.to_owned()),
     }
 }

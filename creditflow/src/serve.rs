@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use creditflow_api::{app, AppState};
+use creditflow_api::{AppState, app};
 use creditflow_store::{NewAuditRecord, RateCardAdded, Store};
-use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::Server;
+use poem::listener::{Acceptor, Listener, TcpListener};
 use time::OffsetDateTime;
 
 use crate::config::Loaded;

@@ -37,9 +37,8 @@ impl AccountId {
     /// Validates an account id.
     pub fn new(id: impl Into<String>) -> Result<Self, PostingInvalid> {
         let id = id.into();
-        let valid = !id.is_empty()
-            && id.len() <= 64
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let valid =
+            !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if valid { Ok(Self(id)) } else { Err(PostingInvalid::AccountId) }
     }
 
@@ -298,7 +297,9 @@ pub enum PostingOutcome {
     },
 }
 
-/// What a backend should do with a posting.
+/// What a backend should do with a posting. Built once per posting and consumed at once, so the size of the
+/// `Refuse` variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Write nothing and answer with this outcome.

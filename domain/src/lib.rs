@@ -12,8 +12,8 @@ pub mod pricing;
 pub mod rate_card;
 
 pub use ledger::{
-    decide, AccountId, AccountState, AccountStatus, Decision, Entry, EntryKind, Overdraft, Posting, PostingInvalid,
-    PostingOutcome,
+    AccountId, AccountState, AccountStatus, Decision, Entry, EntryKind, Overdraft, Posting, PostingInvalid,
+    PostingOutcome, decide,
 };
 pub use money::{Millicredits, Overflow};
 pub use packs::{CreditPack, PackCatalog, PackCatalogError};

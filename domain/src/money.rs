@@ -87,6 +87,7 @@ impl Millicredits {
 
 /// Shows the amount in credits with three decimals, the way customers read it: `-1.800`.
 impl fmt::Display for Millicredits {
+    #[expect(clippy::arithmetic_side_effects, reason = "division and remainder by a non-zero constant cannot fail")]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.0 < 0 { "-" } else { "" };
         let magnitude = self.0.unsigned_abs();
@@ -134,7 +135,8 @@ mod tests {
 
     #[test]
     fn displays_as_credits() {
-        let rows = [(1_800, "1.800"), (-1_800, "-1.800"), (5, "0.005"), (0, "0.000"), (i64::MIN, "-9223372036854775.808")];
+        let rows =
+            [(1_800, "1.800"), (-1_800, "-1.800"), (5, "0.005"), (0, "0.000"), (i64::MIN, "-9223372036854775.808")];
         for (raw, shown) in rows {
             assert_eq!(Millicredits::new(raw).to_string(), shown);
         }

@@ -1,7 +1,7 @@
 //! Credit packs: what a customer can buy, loaded from configuration.
 //!
 //! A pack has an id, a display name, a price in US cents and the credits it grants; the Stripe price id is optional
-//! (creditflow creates PaymentIntents for the amount when there is none). 1 credit = $0.001, so the $5 Starter pack
+//! (creditflow creates `PaymentIntents` for the amount when there is none). 1 credit = $0.001, so the $5 Starter pack
 //! grants 5,000 credits; packs may grant more than their price (bonus packs), never zero.
 
 use serde::Deserialize;
@@ -92,7 +92,8 @@ impl PackCatalog {
             if entry.credits <= 0 {
                 return Err(error(index, "credits", "must be above zero"));
             }
-            let grant = Millicredits::from_credits(entry.credits).map_err(|_| error(index, "credits", "is too large"))?;
+            let grant =
+                Millicredits::from_credits(entry.credits).map_err(|_| error(index, "credits", "is too large"))?;
             if entry.stripe_price_id.as_deref().is_some_and(|id| !id.starts_with("price_")) {
                 return Err(error(index, "stripe_price_id", "a Stripe price id starts with `price_`"));
             }
@@ -139,7 +140,10 @@ mod tests {
             (pack("id = \"s\"\nname = \" \"\nprice_usd_cents = 500\ncredits = 5000"), "packs[0].name"),
             (pack("id = \"s\"\nname = \"S\"\nprice_usd_cents = 0\ncredits = 5000"), "packs[0].price_usd_cents"),
             (pack("id = \"s\"\nname = \"S\"\nprice_usd_cents = 500\ncredits = -1"), "packs[0].credits"),
-            (pack("id = \"s\"\nname = \"S\"\nprice_usd_cents = 500\ncredits = 9223372036854775807"), "packs[0].credits"),
+            (
+                pack("id = \"s\"\nname = \"S\"\nprice_usd_cents = 500\ncredits = 9223372036854775807"),
+                "packs[0].credits",
+            ),
             (pack(&format!("{good}\nstripe_price_id = \"prod_1\"")), "packs[0].stripe_price_id"),
             (format!("{}{}", pack(good), pack(good)), "packs[1].id"),
             (pack("id = \"s\"\nname = \"S\"\nprice_usd_cents = 500"), "missing field `credits`"),

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::money::{Millicredits, MILLICREDITS_PER_CREDIT};
-use crate::rate_card::{RateCard, RateVersion, Rounding, PICOCREDITS_PER_CREDIT};
+use crate::money::{MILLICREDITS_PER_CREDIT, Millicredits};
+use crate::rate_card::{PICOCREDITS_PER_CREDIT, RateCard, RateVersion, Rounding};
 
 /// Quantities used, per unit kind (for example `input_tokens = 1200`).
 pub type Usage = BTreeMap<String, u64>;
@@ -73,7 +73,8 @@ impl RateCard {
                 unit: unit.clone(),
                 version: self.version().clone(),
             })?;
-            let line = i128::from(*quantity).checked_mul(i128::from(price.picocredits())).ok_or(PricingError::Overflow)?;
+            let line =
+                i128::from(*quantity).checked_mul(i128::from(price.picocredits())).ok_or(PricingError::Overflow)?;
             exact_picocredits = exact_picocredits.checked_add(line).ok_or(PricingError::Overflow)?;
         }
         let amount = round(exact_picocredits, self.rounding()).ok_or(PricingError::Overflow)?;
@@ -89,7 +90,7 @@ fn round(picocredits: i128, rounding: Rounding) -> Option<Millicredits> {
         Rounding::Precise => 1,
     };
     let step_picocredits = step_millicredits.checked_mul(PICOCREDITS_PER_MILLICREDIT)?;
-    let steps = picocredits.checked_add(step_picocredits - 1)? / step_picocredits;
+    let steps = picocredits.checked_add(step_picocredits.checked_sub(1)?)?.checked_div(step_picocredits)?;
     let millicredits = steps.checked_mul(step_millicredits)?;
     i64::try_from(millicredits).ok().map(Millicredits::new)
 }
@@ -114,15 +115,15 @@ mod tests {
     fn charge_table() {
         // (rounding, usage, expected millicredits) — one row per rule.
         let rows: [(&str, &[(&str, u64)], i64); 12] = [
-            ("ceil", &[("images", 1)], 2_000),             // 1.8 credits -> 2.0
-            ("precise", &[("images", 1)], 1_800),          // 1.8 credits stay 1.800
-            ("ceil", &[("tokens", 1_000)], 2_000),         // 1000 x 0.0018 = 1.8 -> 2.0
-            ("ceil", &[("images", 5)], 9_000),             // exactly 9 credits: no rounding
-            ("precise", &[("tokens", 1)], 2),              // 0.0018 credits = 1.8 mc -> 2 mc
-            ("precise", &[("seconds", 1)], 1),             // one picocredit still costs a millicredit
-            ("ceil", &[("seconds", 1)], 1_000),            // and a whole credit under ceil
-            ("precise", &[("free", 1_000_000)], 0),        // a free unit costs nothing
-            ("ceil", &[("free", 7)], 0),                   // zero stays zero under ceil
+            ("ceil", &[("images", 1)], 2_000),                     // 1.8 credits -> 2.0
+            ("precise", &[("images", 1)], 1_800),                  // 1.8 credits stay 1.800
+            ("ceil", &[("tokens", 1_000)], 2_000),                 // 1000 x 0.0018 = 1.8 -> 2.0
+            ("ceil", &[("images", 5)], 9_000),                     // exactly 9 credits: no rounding
+            ("precise", &[("tokens", 1)], 2),                      // 0.0018 credits = 1.8 mc -> 2 mc
+            ("precise", &[("seconds", 1)], 1),                     // one picocredit still costs a millicredit
+            ("ceil", &[("seconds", 1)], 1_000),                    // and a whole credit under ceil
+            ("precise", &[("free", 1_000_000)], 0),                // a free unit costs nothing
+            ("ceil", &[("free", 7)], 0),                           // zero stays zero under ceil
             ("precise", &[("tokens", 500), ("images", 1)], 2_700), // lines are summed before rounding
             ("ceil", &[("tokens", 500), ("images", 1)], 3_000),
             ("precise", &[("tokens", 0)], 0),
@@ -138,7 +139,10 @@ mod tests {
     fn overflow_is_an_error_not_a_wrap() {
         // 1e6 credits x u64::MAX units fits i128 but not an i64 of millicredits.
         assert_eq!(card("precise").charge("m", &usage(&[("big", u64::MAX)])), Err(PricingError::Overflow));
-        assert_eq!(card("ceil").charge("m", &usage(&[("big", u64::MAX), ("images", u64::MAX)])), Err(PricingError::Overflow));
+        assert_eq!(
+            card("ceil").charge("m", &usage(&[("big", u64::MAX), ("images", u64::MAX)])),
+            Err(PricingError::Overflow)
+        );
         // The largest charge that still fits is priced exactly.
         let units = u64::try_from(i64::MAX / 1_000_000_000).expect("fits");
         let charge = card("precise").charge("m", &usage(&[("big", units)])).expect("fits");

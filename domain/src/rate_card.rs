@@ -99,9 +99,14 @@ impl UnitPrice {
         let text = text.trim();
         let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
         let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() || !digits_only(whole) || !digits_only(fraction) || (text.contains('.') && fraction.is_empty())
+        if whole.is_empty()
+            || !digits_only(whole)
+            || !digits_only(fraction)
+            || (text.contains('.') && fraction.is_empty())
         {
-            return Err(format!("`{text}` is not a price: write a non-negative decimal number of credits like \"0.0025\""));
+            return Err(format!(
+                "`{text}` is not a price: write a non-negative decimal number of credits like \"0.0025\""
+            ));
         }
         if fraction.len() > PRICE_SCALE_MAX {
             return Err(format!("`{text}` has more than {PRICE_SCALE_MAX} decimal places"));

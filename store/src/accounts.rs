@@ -3,9 +3,9 @@
 use creditflow_domain::{AccountId, AccountStatus, Millicredits};
 use time::OffsetDateTime;
 
-use crate::audit::{insert_audit, NewAuditRecord};
+use crate::audit::{NewAuditRecord, insert_audit};
 use crate::rows::account_status;
-use crate::{on_backend, Store, StoreError, Timestamp};
+use crate::{Store, StoreError, Timestamp, on_backend};
 
 /// An account as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use time::OffsetDateTime;
 
-use crate::{on_backend, Store, StoreError, Timestamp};
+use crate::{Store, StoreError, Timestamp, on_backend};
 
 /// An audit record to append.
 #[derive(Clone, Debug, PartialEq, Eq)]

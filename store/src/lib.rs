@@ -87,11 +87,8 @@ const ACCOUNT_COLUMNS_LOCKED_POSTGRES: &str =
 /// SQLite: `BEGIN IMMEDIATE` takes the database write lock up front, so the read of the account and the writes that
 /// follow cannot interleave with another writer (no lost update, no lock upgrade deadlock).
 /// A deferred SQLite transaction reads one WAL snapshot from its first read on.
-const SQLITE: Dialect = Dialect {
-    begin_write: Some("BEGIN IMMEDIATE"),
-    begin_snapshot: None,
-    lock_account: ACCOUNT_COLUMNS_LOCKED_SQLITE,
-};
+const SQLITE: Dialect =
+    Dialect { begin_write: Some("BEGIN IMMEDIATE"), begin_snapshot: None, lock_account: ACCOUNT_COLUMNS_LOCKED_SQLITE };
 /// PostgreSQL: read committed plus a row lock on the account serialises postings to one account only.
 /// Read committed takes a new snapshot per statement, so multi-query reads ask for repeatable read.
 const POSTGRES: Dialect = Dialect {

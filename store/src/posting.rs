@@ -1,11 +1,13 @@
 //! Posting to the ledger: one transaction that locks the account, applies the domain's rules and appends the entry.
 
-use creditflow_domain::{decide, AccountId, AccountState, Decision, Entry, Millicredits, Posting, PostingOutcome};
+use creditflow_domain::{
+    AccountId, AccountState, Decision, Entry, Millicredits, Posting, PostingOutcome, RateVersion, decide,
+};
 use uuid::Uuid;
 
-use crate::audit::{insert_audit, NewAuditRecord};
-use crate::rows::{account_status, entry_columns, EntryRow};
-use crate::{on_backend, Store, StoreError, Timestamp};
+use crate::audit::{NewAuditRecord, insert_audit};
+use crate::rows::{EntryRow, account_status, entry_columns};
+use crate::{Store, StoreError, Timestamp, on_backend};
 
 /// Attempts before a posting that keeps meeting unique violations gives up with `Contention`. The account lock
 /// makes a violation near impossible; this covers a writer outside creditflow's locking.
@@ -55,18 +57,14 @@ impl Store {
         posting.validate()?;
         for _ in 0..POSTING_ATTEMPTS {
             match self.post_once(posting, audit).await {
-                Err(error) if error.is_unique_violation() => continue,
+                Err(error) if error.is_unique_violation() => {}
                 result => return result,
             }
         }
         Err(StoreError::Contention(posting.account_id.to_string()))
     }
 
-    async fn post_once(
-        &self,
-        posting: &Posting,
-        audit: Option<&NewAuditRecord>,
-    ) -> Result<PostingOutcome, StoreError> {
+    async fn post_once(&self, posting: &Posting, audit: Option<&NewAuditRecord>) -> Result<PostingOutcome, StoreError> {
         let account_id = posting.account_id.as_str();
         on_backend!(write self, |tx, dialect| {
             let locked: Option<LockedAccount> =
@@ -117,7 +115,7 @@ impl Store {
                 .bind(entry.balance_after.get())
                 .bind(entry.idempotency_key.as_str())
                 .bind(entry.correlation_id.as_deref())
-                .bind(entry.rate_version.as_ref().map(|v| v.as_str()))
+                .bind(entry.rate_version.as_ref().map(RateVersion::as_str))
                 .bind(entry.source_ref.as_deref())
                 .bind(entry.reason.as_deref())
                 .bind(now)
@@ -177,10 +175,6 @@ impl Store {
             tx.commit().await?;
             (balances, entries)
         });
-        Ok(LedgerTotals {
-            balances: Millicredits::new(balances),
-            entries: Millicredits::new(entries),
-            entry_count,
-        })
+        Ok(LedgerTotals { balances: Millicredits::new(balances), entries: Millicredits::new(entries), entry_count })
     }
 }

@@ -3,8 +3,8 @@
 use creditflow_domain::{RateCard, RateVersion};
 use time::OffsetDateTime;
 
-use crate::audit::{insert_audit, NewAuditRecord};
-use crate::{on_backend, Store, StoreError, Timestamp};
+use crate::audit::{NewAuditRecord, insert_audit};
+use crate::{Store, StoreError, Timestamp, on_backend};
 
 /// The result of storing a rate card document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

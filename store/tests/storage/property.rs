@@ -5,12 +5,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use creditflow_domain::{AccountId, AccountStatus, EntryKind, Millicredits, Overdraft, Posting, PostingOutcome};
 use creditflow_domain::RateVersion;
+use creditflow_domain::{AccountId, AccountStatus, EntryKind, Millicredits, Overdraft, Posting, PostingOutcome};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use super::helpers::{audit, Db};
+use super::helpers::{Db, audit};
 
 const ACCOUNTS: usize = 4;
 const KEYS_PER_ACCOUNT: u8 = 12;
@@ -19,10 +19,21 @@ const HUGE: i64 = i64::MAX / 3;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Post { account: usize, key: u8, kind: EntryKind, magnitude: i64, negative: bool, correlation: u8, overdraft: bool },
+    Post {
+        account: usize,
+        key: u8,
+        kind: EntryKind,
+        magnitude: i64,
+        negative: bool,
+        correlation: u8,
+        overdraft: bool,
+    },
     /// Repeat the n-th earlier posting of the case exactly (modulo how many there were).
     Replay(usize),
-    SetFrozen { account: usize, frozen: bool },
+    SetFrozen {
+        account: usize,
+        frozen: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,7 +44,16 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(EntryKind::RefundDebit),
         1 => Just(EntryKind::Adjustment),
     ];
-    let post = (0..ACCOUNTS, 0..KEYS_PER_ACCOUNT, kind, 1i64..4_000, any::<bool>(), 0u8..2, prop::bool::weighted(0.2), 0u8..40)
+    let post = (
+        0..ACCOUNTS,
+        0..KEYS_PER_ACCOUNT,
+        kind,
+        1i64..4_000,
+        any::<bool>(),
+        0u8..2,
+        prop::bool::weighted(0.2),
+        0u8..40,
+    )
         .prop_map(|(account, key, kind, magnitude, negative, correlation, overdraft, huge)| {
             let credit = matches!(kind, EntryKind::PurchaseCredit | EntryKind::AutoreloadCredit);
             let magnitude = if huge == 0 && credit { HUGE } else { magnitude };
@@ -60,7 +80,7 @@ enum Expected {
 struct ModelAccount {
     balance: i64,
     frozen: bool,
-    /// key -> (content, sequence); entries in order as (key, amount, balance_after).
+    /// key -> (content, sequence); entries in order as `(key, amount, balance_after)`.
     keys: HashMap<String, (String, i64)>,
     entries: Vec<(String, i64, i64)>,
 }
@@ -69,7 +89,11 @@ impl ModelAccount {
     fn apply(&mut self, posting: &Posting) -> Expected {
         let content = format!(
             "{:?}|{}|{:?}|{:?}|{:?}",
-            posting.kind, posting.amount.get(), posting.correlation_id, posting.rate_version, posting.reason
+            posting.kind,
+            posting.amount.get(),
+            posting.correlation_id,
+            posting.rate_version,
+            posting.reason
         );
         if let Some((stored, sequence)) = self.keys.get(&posting.idempotency_key) {
             let sequence = *sequence;
@@ -93,7 +117,9 @@ impl ModelAccount {
 
 fn observed(outcome: &PostingOutcome) -> Expected {
     match outcome {
-        PostingOutcome::Created(entry) => Expected::Created { sequence: entry.sequence, balance_after: entry.balance_after.get() },
+        PostingOutcome::Created(entry) => {
+            Expected::Created { sequence: entry.sequence, balance_after: entry.balance_after.get() }
+        }
         PostingOutcome::Exists(entry) => Expected::Exists { sequence: entry.sequence },
         PostingOutcome::ExistsWithDifferentContent(entry) => Expected::Conflict { sequence: entry.sequence },
         PostingOutcome::AccountFrozen => Expected::Frozen,
@@ -115,7 +141,13 @@ fn posting_for(ids: &[AccountId], op: &Op) -> Option<Posting> {
     let sign = match kind {
         EntryKind::PurchaseCredit | EntryKind::AutoreloadCredit => 1,
         EntryKind::UsageDebit | EntryKind::RefundDebit => -1,
-        EntryKind::Adjustment => if *negative { -1 } else { 1 },
+        EntryKind::Adjustment => {
+            if *negative {
+                -1
+            } else {
+                1
+            }
+        }
     };
     Some(Posting {
         account_id: ids[*account].clone(),
@@ -171,7 +203,10 @@ async fn run_case(db: &Db, case: usize, rounds: Vec<Vec<Op>>) -> Result<usize, T
                             Step::Post(posting) => Some(store.post(posting).await.expect("posting answered")),
                             Step::SetFrozen(frozen) => {
                                 let status = if *frozen { AccountStatus::Frozen } else { AccountStatus::Active };
-                                store.set_account_status(&id, status, &audit("freeze", id.as_str())).await.expect("status");
+                                store
+                                    .set_account_status(&id, status, &audit("freeze", id.as_str()))
+                                    .await
+                                    .expect("status");
                                 None
                             }
                         };
@@ -212,7 +247,7 @@ async fn run_case(db: &Db, case: usize, rounds: Vec<Vec<Op>>) -> Result<usize, T
 }
 
 /// Runs 40 random cases (several thousand postings) and checks each against the model.
-pub(crate) async fn check_against_reference_model(db: &Db) {
+pub(crate) fn check_against_reference_model(db: &Db) {
     let config = Config { cases: 40, failure_persistence: None, ..Config::default() };
     let mut runner = TestRunner::new(config);
     let case = std::sync::atomic::AtomicUsize::new(0);

@@ -7,7 +7,7 @@ use creditflow_domain::{RateCard, RateVersion};
 use creditflow_store::{RateCardAdded, StoreError};
 use time::{Duration, OffsetDateTime};
 
-use super::helpers::{adjustment, audit, purchase, usage, Db};
+use super::helpers::{Db, adjustment, audit, purchase, usage};
 
 pub(crate) async fn migrations_apply_twice(db: &Db) {
     db.store.migrate().await.expect("second migration run is a no-op");
@@ -22,7 +22,10 @@ pub(crate) async fn accounts_are_created_once(db: &Db) {
     assert!(db.store.create_account(&id).await.expect("create"));
     assert!(!db.store.create_account(&id).await.expect("create again"));
     let account = db.store.account(&id).await.expect("read").expect("exists");
-    assert_eq!((account.status, account.balance, account.last_sequence), (AccountStatus::Active, Millicredits::ZERO, 0));
+    assert_eq!(
+        (account.status, account.balance, account.last_sequence),
+        (AccountStatus::Active, Millicredits::ZERO, 0)
+    );
     let missing = AccountId::new("acct_missing").expect("valid");
     assert_eq!(db.store.account(&missing).await.expect("read"), None);
 }
@@ -321,5 +324,5 @@ pub(crate) async fn rate_cards_are_immutable_and_activate_by_time(db: &Db) {
 }
 
 pub(crate) async fn random_postings_match_the_reference_model(db: &Db) {
-    super::property::check_against_reference_model(db).await;
+    super::property::check_against_reference_model(db);
 }

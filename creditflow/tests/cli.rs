@@ -1,0 +1,205 @@
+//! The `creditflow` binary as a newcomer and an operator run it: zero-configuration serve on SQLite, serve on
+//! PostgreSQL, migrate twice, configuration errors that name the key, help text, graceful shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use creditflow_testkit::{TestBackend, TestDatabase};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_creditflow");
+
+/// A `creditflow` command in `dir` with none of the caller's creditflow settings.
+fn creditflow(dir: &Path) -> Command {
+    let mut command = Command::new(BINARY);
+    command.current_dir(dir).env_remove("DATABASE_URL").env_remove("REDIS_URL").env_remove("RUST_LOG");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CREDITFLOW_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// A running `creditflow serve` and the address it announced. Dropping it kills the process, so a failing test
+/// leaves no server behind.
+struct Server {
+    child: Child,
+    base_url: String,
+    logs: mpsc::Receiver<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `serve` on a free port with JSON logs and waits for its "serving" line.
+    fn start(dir: &Path, envs: &[(&str, &str)]) -> Self {
+        let child = creditflow(dir)
+            .arg("serve")
+            .env("CREDITFLOW_LISTEN", "127.0.0.1:0")
+            .env("CREDITFLOW_LOG_FORMAT", "json")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start creditflow serve");
+        let (sender, logs) = mpsc::channel();
+        let mut server = Self { child, base_url: String::new(), logs };
+        let stderr = server.child.stderr.take().expect("stderr piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let line = server.logs.recv_timeout(remaining).expect("creditflow serve announced its address in time");
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if event["message"] == "creditflow is serving" {
+                let address = event["address"].as_str().expect("address field");
+                server.base_url = format!("http://{address}");
+                return server;
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit, returning the log lines written meanwhile.
+    fn terminate(mut self) -> Vec<String> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("send SIGTERM");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let exit = loop {
+            if let Some(exit) = self.child.try_wait().expect("poll child") {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "creditflow did not stop within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(exit.success(), "creditflow exits 0 after SIGTERM, got {exit}");
+        self.logs.try_iter().collect()
+    }
+}
+
+async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(url).await.expect("request answered");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+#[tokio::test]
+async fn serve_runs_on_sqlite_with_zero_configuration() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = get_json(&format!("{}/health", server.base_url)).await;
+    assert_eq!((status, body), (200, serde_json::json!({"status": "ok"})));
+    let (status, body) = get_json(&format!("{}/readyz", server.base_url)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["backend"], "sqlite");
+    assert_eq!(body["checks"]["rateCard"], "v1", "the shipped v1 card is active");
+    let (status, body) = get_json(&format!("{}/no-such-thing", server.base_url)).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    let logs = server.terminate();
+    assert!(logs.iter().any(|line| line.contains("creditflow stopped")), "{logs:?}");
+    assert!(dir.path().join("creditflow.db").is_file(), "the SQLite file lives in the working directory");
+
+    // A second start on the same file keeps the data and needs no migration or activation.
+    let server = Server::start(dir.path(), &[]);
+    let (status, _) = get_json(&format!("{}/readyz", server.base_url)).await;
+    assert_eq!(status, 200);
+    server.terminate();
+}
+
+#[tokio::test]
+async fn serve_runs_on_postgres_when_database_url_says_so() {
+    let database = TestDatabase::new(TestBackend::Postgres).await;
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let server = Server::start(dir.path(), &[("DATABASE_URL", &database.url)]);
+    let (status, body) = get_json(&format!("{}/readyz", server.base_url)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["backend"].as_str(), body["checks"]["rateCard"].as_str()), (Some("postgres"), Some("v1")));
+    server.terminate();
+    assert!(!dir.path().join("creditflow.db").exists(), "no SQLite file when PostgreSQL is configured");
+}
+
+fn run(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let output = creditflow(dir).args(args).envs(envs.iter().copied()).output().expect("run creditflow");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8 output");
+    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+}
+
+#[tokio::test]
+async fn migrate_is_safe_to_run_twice_on_both_backends() {
+    let postgres = TestDatabase::new(TestBackend::Postgres).await;
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    for envs in [vec![], vec![("DATABASE_URL", postgres.url.as_str())]] {
+        for round in 0..2 {
+            let (code, _, stderr) = run(dir.path(), &["migrate"], &envs);
+            assert_eq!(code, 0, "migrate round {round} {envs:?}: {stderr}");
+            assert!(stderr.contains("migrations applied"), "{stderr}");
+        }
+    }
+}
+
+/// Arguments, environment, and the text the error must contain.
+type ConfigCase<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn bad_configuration_fails_fast_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    std::fs::write(dir.path().join("bad.toml"), "listen = \"127.0.0.1:0\"\ncolour = \"blue\"\n").expect("write");
+    std::fs::write(dir.path().join("card.toml"), "version = \"v2\"\nrounding = \"up\"\n").expect("write");
+    let rows: [ConfigCase<'_>; 7] = [
+        (&["serve"], &[("CREDITFLOW_LISTEN", "not-an-address")], "listen"),
+        (&["serve"], &[("DATABASE_URL", "mysql://db/x")], "database_url"),
+        (&["serve"], &[("REDIS_URL", "http://cache")], "redis_url"),
+        (&["serve"], &[("CREDITFLOW_LISTENN", "127.0.0.1:1")], "listenn"),
+        (&["--config", "bad.toml", "serve"], &[], "colour"),
+        (&["--config", "missing.toml", "serve"], &[], "missing.toml"),
+        (&["serve"], &[("CREDITFLOW_RATE_CARD_FILE", "card.toml")], "rate_card_file"),
+    ];
+    for (args, envs, expected) in rows {
+        let (code, _, stderr) = run(dir.path(), args, envs);
+        assert_eq!(code, 2, "{args:?} {envs:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?} {envs:?}: `{stderr}` does not name `{expected}`");
+    }
+}
+
+#[test]
+fn config_prints_the_merged_settings_with_secrets_redacted() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    std::fs::write(dir.path().join("creditflow.toml"), "listen = \"0.0.0.0:9000\"\nauto_migrate = false\n")
+        .expect("write");
+    let envs = [("DATABASE_URL", "postgres://app:hunter2@db/creditflow"), ("CREDITFLOW_LOG_FORMAT", "json")];
+    let (code, stdout, stderr) = run(dir.path(), &["config"], &envs);
+    assert_eq!(code, 0, "{stderr}");
+    for expected in ["listen = \"0.0.0.0:9000\"", "auto_migrate = false", "log_format = \"json\"", "app:***@db"] {
+        assert!(stdout.contains(expected), "`{expected}` missing from:\n{stdout}");
+    }
+    assert!(!stdout.contains("hunter2"), "the password leaked:\n{stdout}");
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let (code, stdout, _) = run(dir.path(), &["--help"], &[]);
+    assert_eq!(code, 0);
+    for expected in ["prepaid-credits billing", "serve", "migrate", "config", "--config"] {
+        assert!(stdout.contains(expected), "`{expected}` missing from --help:\n{stdout}");
+    }
+    let rows = [("serve", "SIGTERM"), ("migrate", "Safe to run again"), ("config", "effective configuration")];
+    for (subcommand, expected) in rows {
+        let (code, stdout, _) = run(dir.path(), &[subcommand, "--help"], &[]);
+        assert_eq!(code, 0);
+        assert!(stdout.contains(expected), "`{expected}` missing from {subcommand} --help:\n{stdout}");
+    }
+}
