@@ -111,10 +111,13 @@ mod tests {
         rows.iter().map(|(unit, quantity)| ((*unit).to_owned(), *quantity)).collect()
     }
 
+    /// (rounding, usage, expected millicredits)
+    type Row<'a> = (&'a str, &'a [(&'a str, u64)], i64);
+
     #[test]
     fn charge_table() {
         // (rounding, usage, expected millicredits) — one row per rule.
-        let rows: [(&str, &[(&str, u64)], i64); 12] = [
+        let rows: [Row<'_>; 12] = [
             ("ceil", &[("images", 1)], 2_000),                     // 1.8 credits -> 2.0
             ("precise", &[("images", 1)], 1_800),                  // 1.8 credits stay 1.800
             ("ceil", &[("tokens", 1_000)], 2_000),                 // 1000 x 0.0018 = 1.8 -> 2.0

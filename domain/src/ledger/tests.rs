@@ -20,6 +20,7 @@ fn posting(kind: EntryKind, amount: i64) -> Posting {
     }
 }
 
+#[expect(clippy::unnecessary_wraps, reason = "rows take the Option that `decide` takes")]
 fn state(balance: i64, status: AccountStatus) -> Option<AccountState> {
     Some(AccountState { balance: Millicredits::new(balance), status, last_sequence: 4 })
 }
@@ -41,6 +42,9 @@ fn entry_for(posting: &Posting) -> Entry {
     }
 }
 
+/// (rule, posting, account, entry holding the key, decision)
+type Row<'a> = (&'a str, &'a Posting, Option<AccountState>, Option<Entry>, Decision);
+
 const ACTIVE: AccountStatus = AccountStatus::Active;
 const FROZEN: AccountStatus = AccountStatus::Frozen;
 
@@ -61,7 +65,7 @@ fn decision_table() {
     let purchase = |amount: i64| posting(EntryKind::PurchaseCredit, amount);
     let (purchase_5000, purchase_1, purchase_100) = (purchase(5_000), purchase(1), purchase(100));
     let huge_adjustment = posting(EntryKind::Adjustment, i64::MIN);
-    let rows: Vec<(&str, &Posting, Option<AccountState>, Option<Entry>, Decision)> = vec![
+    let rows: Vec<Row<'_>> = vec![
         ("1 missing account", &debit, None, None, Decision::Refuse(PostingOutcome::AccountNotFound)),
         (
             "2 same key same content",
