@@ -43,8 +43,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %error, "creditflow failed");
-            eprintln!("creditflow: {error}");
+            // `{:#}` prints the whole cause chain on one line: what failed, then why.
+            tracing::error!(error = format!("{error:#}"), "creditflow failed");
+            eprintln!("creditflow: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use creditflow_api::{AppState, app};
 use creditflow_store::{NewAuditRecord, RateCardAdded, Store};
 use poem::Server;
@@ -14,8 +16,8 @@ use crate::config::Loaded;
 pub(crate) async fn open_store(loaded: &Loaded) -> anyhow::Result<Store> {
     let config = &loaded.config;
     let store = Store::connect(&config.database_url, config.database_max_connections).await.map_err(|error| {
-        anyhow::anyhow!("cannot open the database {}: {error}", creditflow_store::redact_url(&config.database_url))
-            .context(format!("{error:?}"))
+        anyhow::Error::new(error)
+            .context(format!("cannot open the database {}", creditflow_store::redact_url(&config.database_url)))
     })?;
     Ok(store)
 }
@@ -23,7 +25,7 @@ pub(crate) async fn open_store(loaded: &Loaded) -> anyhow::Result<Store> {
 /// `creditflow migrate`.
 pub(crate) async fn migrate(loaded: &Loaded) -> anyhow::Result<()> {
     let store = open_store(loaded).await?;
-    store.migrate().await?;
+    store.migrate().await.context("cannot apply migrations")?;
     tracing::info!(backend = store.backend().as_str(), "migrations applied");
     store.close().await;
     Ok(())
@@ -34,13 +36,16 @@ pub(crate) async fn serve(loaded: &Loaded) -> anyhow::Result<()> {
     let config = &loaded.config;
     let store = open_store(loaded).await?;
     if config.auto_migrate {
-        store.migrate().await?;
+        store.migrate().await.context("cannot apply migrations")?;
     }
-    ensure_rate_card(&store, loaded).await?;
+    ensure_rate_card(&store, loaded).await.context("cannot prepare the rate card")?;
     if config.redis_url.is_some() {
         tracing::warn!("redis_url is set, but no component uses Redis yet (the job queue and shared rate limiter)");
     }
-    let acceptor = TcpListener::bind(config.listen).into_acceptor().await?;
+    let acceptor = TcpListener::bind(config.listen)
+        .into_acceptor()
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = acceptor.local_addr().first().and_then(|local| local.as_socket_addr().copied());
     let address = address.map(|address| address.to_string()).unwrap_or_default();
     tracing::info!(

@@ -203,3 +203,15 @@ fn help_explains_every_subcommand() {
         assert!(stdout.contains(expected), "`{expected}` missing from {subcommand} --help:\n{stdout}");
     }
 }
+
+#[test]
+fn an_unreachable_database_fails_start_with_the_reason() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    let envs = [("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/creditflow")];
+    let (code, _, stderr) = run(dir.path(), &["serve"], &envs);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot open the database postgres://app:***@127.0.0.1:1/creditflow"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("refused"), "the cause is shown: {stderr}");
+    assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+}

@@ -4,8 +4,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::{PostgresStore, SqliteStore, Store, StoreError, on_backend};
 
@@ -18,8 +19,15 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Store {
     /// Opens a pool for `url`: `sqlite://PATH` (created if missing) or `postgres://...`/`postgresql://...`.
+    ///
+    /// One connection is made directly first: a pool retries until its acquire timeout and then reports only that
+    /// it timed out, while a direct attempt fails at once with the cause (refused, unknown host, bad password).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
+            if url.contains(":memory:") || url.contains("mode=memory") {
+                // Every pooled connection would get its own empty database, and all of it vanishes on exit.
+                return Err(StoreError::UnsupportedUrl(format!("{url} (in-memory SQLite cannot hold a ledger)")));
+            }
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
@@ -27,6 +35,7 @@ impl Store {
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            SqliteConnection::connect_with(&options).await?.close().await?;
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -35,6 +44,7 @@ impl Store {
             Ok(Self::Sqlite(SqliteStore { pool, write_gate: Arc::default() }))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?.application_name("creditflow");
+            PgConnection::connect_with(&options).await?.close().await?;
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)

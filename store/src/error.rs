@@ -6,7 +6,7 @@ use creditflow_domain::PostingInvalid;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database URL names no supported backend.
-    #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://...")]
+    #[error("unsupported database URL {0}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     /// A query or connection failed.
     #[error("database error")]

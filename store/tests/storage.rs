@@ -65,3 +65,11 @@ async fn schemas_match_across_backends() {
     assert!(sqlite_columns.len() > 20, "the schema was read: {sqlite_columns:?}");
     assert_eq!(sqlite_columns, postgres_columns, "both backends must have the same tables and columns");
 }
+
+#[tokio::test]
+async fn urls_that_cannot_hold_a_ledger_are_refused() {
+    for url in ["sqlite::memory:", "sqlite://file.db?mode=memory", "mysql://db/x", "creditflow.db"] {
+        let error = creditflow_store::Store::connect(url, 1).await.expect_err(url);
+        assert!(matches!(error, creditflow_store::StoreError::UnsupportedUrl(_)), "{url}: {error:?}");
+    }
+}
