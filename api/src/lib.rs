@@ -1,31 +1,95 @@
-//! creditflow's HTTP API, built on poem.
+//! creditflow's HTTP API, built on poem and poem-openapi.
 //!
-//! This crate holds the routes and their state; the binary binds, serves and shuts down. So far it serves the probes
-//! an orchestrator needs — `GET /health` (the process is alive) and `GET /readyz` (the database answers and a rate
-//! card is active) — and answers every other path with a JSON error that has a stable `code`.
+//! Every operation is typed and documented in the OpenAPI document served at `/openapi.json`, with Swagger UI at
+//! `/docs`. Every error, including unknown routes, unparsable bodies and failed authentication, is JSON with a stable
+//! `code` (see [`errors`]). Each response carries an `X-Request-Id`, which also tags the request's log lines.
 
-mod errors;
-mod probes;
+// Handlers return `ApiError` by value: poem-openapi renders the `Err` side of a handler's `Result` as a documented
+// response, and an error body is a few strings, built once per failed request.
+#![allow(clippy::result_large_err)]
 
+pub mod auth;
+pub mod errors;
+mod request_id;
+mod routes;
+mod security;
+
+use std::sync::Arc;
+
+use creditflow_domain::PackCatalog;
 use creditflow_store::Store;
-use poem::middleware::Tracing;
-use poem::{Endpoint, EndpointExt, Route, get};
+use poem::http::StatusCode;
+use poem::middleware::CatchPanic;
+use poem::{Body, Endpoint, EndpointExt, IntoEndpoint, Request, Response, Route};
+use poem_openapi::OpenApiService;
+use tokio::io::AsyncReadExt as _;
 
-pub use errors::ErrorBody;
+pub use auth::{AuthSettings, Authenticator, DevKey};
+pub use errors::{ApiError, ErrorBody};
+pub use request_id::{REQUEST_ID_HEADER, RequestId};
+
+/// Largest request body accepted (1 MiB); larger bodies get 413 `payload_too_large`.
+pub const BODY_SIZE_MAX_BYTES: usize = 1 << 20;
 
 /// What every request handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// The ledger store.
     pub store: Store,
+    /// Verifies bearer tokens.
+    pub auth: Arc<Authenticator>,
+    /// The packs on sale.
+    pub packs: Arc<PackCatalog>,
+}
+
+type Operations = (routes::probes::ProbesApi, routes::usage::UsageApi, routes::account::AccountApi);
+
+fn service() -> OpenApiService<Operations, ()> {
+    OpenApiService::new(
+        (routes::probes::ProbesApi, routes::usage::UsageApi, routes::account::AccountApi),
+        "creditflow",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Prepaid-credits billing for usage-based APIs: balances, usage debits and the ledger.")
+}
+
+/// The OpenAPI document as JSON.
+pub fn openapi_json() -> String {
+    service().spec()
 }
 
 /// The complete API as one endpoint.
 pub fn app(state: AppState) -> impl Endpoint {
+    let api = service();
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
     Route::new()
-        .at("/health", get(probes::health))
-        .at("/readyz", get(probes::readyz))
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .nest("/", api.into_endpoint())
+        .around(limit_body_size)
         .data(state)
         .catch_all_error(errors::to_json)
-        .with(Tracing)
+        .with(CatchPanic::new())
+        .around(request_id::with_request_id)
+}
+
+/// Refuses bodies over [`BODY_SIZE_MAX_BYTES`]: at once with 413 when `Content-Length` says so, and by reading at
+/// most one byte past the limit when the body is chunked (the truncated body then fails to parse with 400).
+async fn limit_body_size<E: Endpoint>(next: E, mut request: Request) -> poem::Result<Response> {
+    let declared = request
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let limit = u64::try_from(BODY_SIZE_MAX_BYTES).unwrap_or(u64::MAX);
+    match declared {
+        Some(length) if length > limit => return Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE)),
+        Some(_) => {}
+        None => {
+            let body = request.take_body().into_async_read().take(limit.saturating_add(1));
+            request.set_body(Body::from_async_read(body));
+        }
+    }
+    next.call(request).await.map(poem::IntoResponse::into_response)
 }

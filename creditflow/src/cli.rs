@@ -36,8 +36,27 @@ pub(crate) enum Command {
     /// Safe to run again: applied migrations are skipped. Use it before starting new versions when auto_migrate is
     /// off, as production deployments usually prefer.
     Migrate,
+    /// Mint a dev-mode token, signed with the local dev key, and print it.
+    ///
+    /// Only for the embedded setup with no auth key configured, where `serve` runs in dev mode and accepts these
+    /// tokens. Example: curl -H "Authorization: Bearer $(creditflow token --sub alice --role customer)" ...
+    Token(TokenArgs),
     /// Print the effective configuration (defaults, file and environment merged; passwords redacted) and exit.
     ///
     /// Fails with a message naming the bad key when the configuration is invalid, so it doubles as a check.
     Config,
+}
+
+/// Who a dev token speaks for.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TokenArgs {
+    /// The subject; for a customer this is the account id.
+    #[arg(long)]
+    pub(crate) sub: String,
+    /// A role to grant: customer, service, admin or finance (repeat for several).
+    #[arg(long = "role", required = true, value_parser = ["customer", "service", "admin", "finance"])]
+    pub(crate) roles: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(1..=2_592_000))]
+    pub(crate) ttl: i64,
 }

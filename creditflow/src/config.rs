@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use creditflow_api::AuthSettings;
 use creditflow_domain::{PackCatalog, RateCard};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -54,6 +55,10 @@ pub(crate) struct Config {
     pub(crate) log_filter: String,
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     pub(crate) shutdown_grace_seconds: u64,
+    /// Where dev mode keeps its signing key (created on first use).
+    pub(crate) dev_key_file: PathBuf,
+    /// Token verification (`[auth]`; `CREDITFLOW_AUTH__ISSUER` and so on).
+    pub(crate) auth: AuthSettings,
 }
 
 impl Default for Config {
@@ -69,6 +74,8 @@ impl Default for Config {
             log_format: LogFormat::Pretty,
             log_filter: "info".to_owned(),
             shutdown_grace_seconds: 30,
+            dev_key_file: PathBuf::from("creditflow-dev-key.pem"),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -102,6 +109,13 @@ pub(crate) struct Loaded {
     pub(crate) packs: PackCatalog,
 }
 
+impl Loaded {
+    /// True when tokens are verified with the local dev key: the embedded setup with no key configured.
+    pub(crate) fn dev_mode(&self) -> bool {
+        self.config.auth.has_no_key() && self.config.database_url.starts_with("sqlite:")
+    }
+}
+
 /// Reads the configuration for `explicit_file` (or the default file when it exists) and the process environment.
 pub(crate) fn load(explicit_file: Option<&Path>) -> Result<Loaded, ConfigError> {
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -121,7 +135,7 @@ pub(crate) fn load(explicit_file: Option<&Path>) -> Result<Loaded, ConfigError> 
         None => {}
     }
     let figment = figment
-        .merge(Env::prefixed("CREDITFLOW_").ignore(&["config", "test_postgres_url"]))
+        .merge(Env::prefixed("CREDITFLOW_").ignore(&["config", "test_postgres_url", "test_redis_url"]).split("__"))
         .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL"]));
     let config: Config = figment.extract().map_err(|error| ConfigError::Load(describe(error)))?;
     validate(config)
@@ -172,6 +186,16 @@ fn validate(config: Config) -> Result<Loaded, ConfigError> {
     }
     if config.shutdown_grace_seconds > 3_600 {
         return Err(invalid("shutdown_grace_seconds", "must be at most 3600"));
+    }
+    if let Err((key, message)) = config.auth.validate() {
+        return Err(invalid(key, message));
+    }
+    if config.auth.has_no_key() && !config.database_url.starts_with("sqlite:") {
+        return Err(invalid(
+            "auth.jwks_url",
+            "set auth.jwks_url or auth.public_key_file: dev mode (a local signing key) is only for the embedded \
+             SQLite setup, never beside a production database",
+        ));
     }
     if let Err(error) = config.log_filter.parse::<tracing_subscriber::EnvFilter>() {
         return Err(invalid("log_filter", error.to_string()));

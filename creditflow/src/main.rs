@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod logging;
 mod serve;
+mod token;
 
 use std::process::ExitCode;
 
@@ -21,9 +22,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Command::Config = cli.command {
-        print!("{}", loaded.config.to_redacted_toml());
-        return ExitCode::SUCCESS;
+    match &cli.command {
+        Command::Config => {
+            print!("{}", loaded.config.to_redacted_toml());
+            return ExitCode::SUCCESS;
+        }
+        Command::Token(args) => return token::print(&loaded, args),
+        Command::Serve | Command::Migrate => {}
     }
     logging::init(&loaded.config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -37,7 +42,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve::serve(&loaded).await,
             Command::Migrate => serve::migrate(&loaded).await,
-            Command::Config => Ok(()),
+            Command::Config | Command::Token(_) => Ok(()),
         }
     });
     match result {

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use creditflow_api::{AppState, app};
+use std::sync::Arc;
+
+use creditflow_api::{AppState, Authenticator, DevKey, app};
 use creditflow_store::{NewAuditRecord, RateCardAdded, Store};
 use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
@@ -39,6 +41,8 @@ pub(crate) async fn serve(loaded: &Loaded) -> anyhow::Result<()> {
         store.migrate().await.context("cannot apply migrations")?;
     }
     ensure_rate_card(&store, loaded).await.context("cannot prepare the rate card")?;
+    let auth = authenticator(loaded)?;
+    auth.warm_up().await;
     if config.redis_url.is_some() {
         tracing::warn!("redis_url is set, but no component uses Redis yet (the job queue and shared rate limiter)");
     }
@@ -55,12 +59,27 @@ pub(crate) async fn serve(loaded: &Loaded) -> anyhow::Result<()> {
         "creditflow is serving"
     );
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(AppState { store: store.clone() }), shutdown_signal(), Some(grace))
-        .await?;
+    let state = AppState { store: store.clone(), auth: Arc::new(auth), packs: Arc::new(loaded.packs.clone()) };
+    Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app(state), shutdown_signal(), Some(grace)).await?;
     store.close().await;
     tracing::info!("creditflow stopped");
     Ok(())
+}
+
+/// The token verifier: the configured key, or in dev mode the local key, announced loudly.
+fn authenticator(loaded: &Loaded) -> anyhow::Result<Authenticator> {
+    if !loaded.dev_mode() {
+        return Authenticator::from_settings(&loaded.config.auth).map_err(|message| anyhow::anyhow!("auth: {message}"));
+    }
+    let path = &loaded.config.dev_key_file;
+    let key = DevKey::load_or_create(path).map_err(|message| anyhow::anyhow!("dev mode: {message}"))?;
+    tracing::warn!(
+        key_file = %path.display(),
+        "DEV MODE: tokens are verified with a local signing key and anyone with this directory can mint them. \
+         Mint one with `creditflow token --sub NAME --role customer`. Configure auth.jwks_url or \
+         auth.public_key_file for anything but local development."
+    );
+    Ok(Authenticator::dev(&key, &loaded.config.auth))
 }
 
 /// Stores the configured rate card, and activates it when the database has no active card (the first start).

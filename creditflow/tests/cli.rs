@@ -11,6 +11,16 @@ use creditflow_testkit::{TestBackend, TestDatabase};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_creditflow");
 
+/// Settings a production database needs beside it: a key to verify tokens (the API tests' RSA fixture).
+fn production_auth() -> [(&'static str, String); 3] {
+    let key = format!("{}/../api/tests/fixtures/rsa-1.pub", env!("CARGO_MANIFEST_DIR"));
+    [
+        ("CREDITFLOW_AUTH__PUBLIC_KEY_FILE", key),
+        ("CREDITFLOW_AUTH__ISSUER", "https://issuer.test/".to_owned()),
+        ("CREDITFLOW_AUTH__AUDIENCE", "creditflow-test".to_owned()),
+    ]
+}
+
 /// A `creditflow` command in `dir` with none of the caller's creditflow settings.
 fn creditflow(dir: &Path) -> Command {
     let mut command = Command::new(BINARY);
@@ -123,7 +133,10 @@ async fn serve_runs_on_sqlite_with_zero_configuration() {
 async fn serve_runs_on_postgres_when_database_url_says_so() {
     let database = TestDatabase::new(TestBackend::Postgres).await;
     let dir = tempfile::tempdir().expect("temporary working directory");
-    let server = Server::start(dir.path(), &[("DATABASE_URL", &database.url)]);
+    let auth = production_auth();
+    let mut envs: Vec<(&str, &str)> = auth.iter().map(|(key, value)| (*key, value.as_str())).collect();
+    envs.push(("DATABASE_URL", &database.url));
+    let server = Server::start(dir.path(), &envs);
     let (status, body) = get_json(&format!("{}/readyz", server.base_url)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!((body["backend"].as_str(), body["checks"]["rateCard"].as_str()), (Some("postgres"), Some("v1")));
@@ -141,7 +154,10 @@ fn run(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String
 async fn migrate_is_safe_to_run_twice_on_both_backends() {
     let postgres = TestDatabase::new(TestBackend::Postgres).await;
     let dir = tempfile::tempdir().expect("temporary working directory");
-    for envs in [vec![], vec![("DATABASE_URL", postgres.url.as_str())]] {
+    let auth = production_auth();
+    let mut on_postgres: Vec<(&str, &str)> = auth.iter().map(|(key, value)| (*key, value.as_str())).collect();
+    on_postgres.push(("DATABASE_URL", postgres.url.as_str()));
+    for envs in [vec![], on_postgres] {
         for round in 0..2 {
             let (code, _, stderr) = run(dir.path(), &["migrate"], &envs);
             assert_eq!(code, 0, "migrate round {round} {envs:?}: {stderr}");
@@ -158,7 +174,9 @@ fn bad_configuration_fails_fast_naming_the_key() {
     let dir = tempfile::tempdir().expect("temporary working directory");
     std::fs::write(dir.path().join("bad.toml"), "listen = \"127.0.0.1:0\"\ncolour = \"blue\"\n").expect("write");
     std::fs::write(dir.path().join("card.toml"), "version = \"v2\"\nrounding = \"up\"\n").expect("write");
-    let rows: [ConfigCase<'_>; 7] = [
+    let rows: [ConfigCase<'_>; 9] = [
+        (&["serve"], &[("DATABASE_URL", "postgres://db/x")], "auth.jwks_url"),
+        (&["serve"], &[("CREDITFLOW_AUTH__JWKS_URL", "https://idp.test/jwks.json")], "auth.issuer"),
         (&["serve"], &[("CREDITFLOW_LISTEN", "not-an-address")], "listen"),
         (&["serve"], &[("DATABASE_URL", "mysql://db/x")], "database_url"),
         (&["serve"], &[("REDIS_URL", "http://cache")], "redis_url"),
@@ -179,7 +197,9 @@ fn config_prints_the_merged_settings_with_secrets_redacted() {
     let dir = tempfile::tempdir().expect("temporary working directory");
     std::fs::write(dir.path().join("creditflow.toml"), "listen = \"0.0.0.0:9000\"\nauto_migrate = false\n")
         .expect("write");
-    let envs = [("DATABASE_URL", "postgres://app:hunter2@db/creditflow"), ("CREDITFLOW_LOG_FORMAT", "json")];
+    let auth = production_auth();
+    let mut envs: Vec<(&str, &str)> = auth.iter().map(|(key, value)| (*key, value.as_str())).collect();
+    envs.extend([("DATABASE_URL", "postgres://app:hunter2@db/creditflow"), ("CREDITFLOW_LOG_FORMAT", "json")]);
     let (code, stdout, stderr) = run(dir.path(), &["config"], &envs);
     assert_eq!(code, 0, "{stderr}");
     for expected in ["listen = \"0.0.0.0:9000\"", "auto_migrate = false", "log_format = \"json\"", "app:***@db"] {
@@ -208,10 +228,42 @@ fn help_explains_every_subcommand() {
 fn an_unreachable_database_fails_start_with_the_reason() {
     let dir = tempfile::tempdir().expect("temporary working directory");
     // Port 1 on loopback: nothing listens there, so the connection is refused at once.
-    let envs = [("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/creditflow")];
+    let auth = production_auth();
+    let mut envs: Vec<(&str, &str)> = auth.iter().map(|(key, value)| (*key, value.as_str())).collect();
+    envs.push(("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/creditflow"));
     let (code, _, stderr) = run(dir.path(), &["serve"], &envs);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("cannot open the database postgres://app:***@127.0.0.1:1/creditflow"), "{stderr}");
     assert!(stderr.to_lowercase().contains("refused"), "the cause is shown: {stderr}");
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+}
+
+#[tokio::test]
+async fn dev_mode_lets_a_newcomer_call_the_api_with_a_minted_token() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let server = Server::start(dir.path(), &[]);
+    let (code, token, stderr) = run(dir.path(), &["token", "--sub", "alice", "--role", "customer"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let client = reqwest::Client::new();
+    let response = client.get(format!("{}/api/balance", server.base_url)).bearer_auth(token.trim()).send().await;
+    let response = response.expect("answered");
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!((body["accountId"].as_str(), body["balanceMillicredits"].as_i64()), (Some("alice"), Some(0)));
+    let logs = server.terminate();
+    assert!(dir.path().join("creditflow-dev-key.pem").is_file());
+    let _ = logs;
+}
+
+#[test]
+fn token_refuses_outside_dev_mode_and_dev_mode_never_starts_beside_a_key() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let auth = production_auth();
+    let envs: Vec<(&str, &str)> = auth.iter().map(|(key, value)| (*key, value.as_str())).collect();
+    let (code, stdout, stderr) = run(dir.path(), &["token", "--sub", "alice", "--role", "admin"], &envs);
+    assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    assert!(stderr.contains("not in dev mode"), "{stderr}");
+    assert!(!dir.path().join("creditflow-dev-key.pem").exists(), "no dev key is made");
+    let (code, _, stderr) = run(dir.path(), &["token", "--sub", "alice", "--role", "root"], &[]);
+    assert_eq!(code, 2, "unknown roles are refused by the parser: {stderr}");
 }

@@ -154,6 +154,27 @@ impl Store {
         rows.into_iter().map(Entry::try_from).collect()
     }
 
+    /// An account's entries with a sequence below `before_sequence` (or its newest), newest first, at most `limit`.
+    /// Entries of one account are appended under its lock, so a page never changes once read and a cursor never
+    /// skips an entry that commits later.
+    pub async fn entries_newest_first(
+        &self,
+        account_id: &AccountId,
+        before_sequence: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM ledger_entries WHERE account_id = $1 AND sequence < $2 ORDER BY sequence DESC LIMIT $3"
+        );
+        let before = before_sequence.unwrap_or(i64::MAX);
+        let rows: Vec<EntryRow> = on_backend!(self, |pool, _dialect| {
+            sqlx::query_as(sql).bind(account_id.as_str()).bind(before).bind(limit).fetch_all(pool).await?
+        });
+        rows.into_iter().map(Entry::try_from).collect()
+    }
+
     /// The balance of one account beside the sum of its entries (`None` account: all accounts).
     pub async fn ledger_totals(&self, account_id: Option<&AccountId>) -> Result<LedgerTotals, StoreError> {
         // CAST: PostgreSQL sums BIGINT into NUMERIC. SQLite sums integers exactly and raises an error on overflow, so

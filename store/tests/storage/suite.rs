@@ -295,6 +295,15 @@ pub(crate) async fn entries_page_in_sequence_order(db: &Db) {
         seen.extend(page.iter().map(|entry| entry.amount.get()));
     }
     assert_eq!(seen, (1..=25).collect::<Vec<_>>());
+    let mut newest_first = Vec::new();
+    let mut before = None;
+    loop {
+        let page = db.store.entries_newest_first(&id, before, 10).await.expect("page");
+        let Some(last) = page.last() else { break };
+        before = Some(last.sequence);
+        newest_first.extend(page.iter().map(|entry| entry.amount.get()));
+    }
+    assert_eq!(newest_first, (1..=25).rev().collect::<Vec<_>>());
     db.assert_balance(&id, (1..=25).sum()).await;
 }
 

@@ -1,0 +1,184 @@
+//! `POST /api/usage/reconcile`: price one usage record against the account's rate card and debit it, atomically and
+//! idempotently.
+//!
+//! The idempotency key is the caller's. The same key with the same body answers with the first result (the same
+//! entry id, charge and balance) and an `Idempotent-Replayed: true` header, and debits nothing more; the same key with
+//! a different body is a 409. A body is "the same" when its account, model, usage and correlation id are: its
+//! fingerprint travels in the entry's source reference (`usage:<sha256>`), so a replay is recognised even after a
+//! new rate card made the price differ. A refused request (402) does not use up its key.
+
+use std::collections::BTreeMap;
+
+use creditflow_domain::{EntryKind, Millicredits, Overdraft, Posting, PostingOutcome, PricingError, RateCard};
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+
+use super::{ApiTags, credits};
+use crate::AppState;
+use crate::errors::{ApiError, ErrorBody};
+use crate::security::BearerAuth;
+
+pub(crate) struct UsageApi;
+
+/// One usage record to price and debit.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub(crate) struct ReconcileRequest {
+    /// Your key for this request (1 to 255 printable ASCII characters); retries must reuse it.
+    #[oai(validator(min_length = 1, max_length = 255))]
+    idempotency_key: String,
+    /// Ties the debit to your request or trace; recorded on the ledger line.
+    #[oai(validator(max_length = 255))]
+    correlation_id: Option<String>,
+    /// The account to debit: required for service and admin callers, implied for customers.
+    account_id: Option<String>,
+    /// A model on the rate card, such as `gpt-4o`.
+    #[oai(validator(min_length = 1, max_length = 128))]
+    model: String,
+    /// Quantities used per unit kind, whole numbers of 0 or more: `{"input_tokens": 1200, "output_tokens": 300}`.
+    usage: BTreeMap<String, i64>,
+}
+
+/// A priced and debited usage record.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub(crate) struct Reconciled {
+    /// The ledger line written (`null` when the charge was zero and nothing was written).
+    entry_id: Option<String>,
+    /// The account debited.
+    account_id: String,
+    /// The charge after rounding, in millicredits.
+    charge_millicredits: i64,
+    /// The charge in credits (`"2.000"`).
+    charge_credits: String,
+    /// The balance after the debit, in millicredits.
+    balance_millicredits: i64,
+    /// The balance in credits.
+    balance_credits: String,
+    /// The rate card version that priced it.
+    rate_version: String,
+    /// The correlation id recorded.
+    correlation_id: Option<String>,
+}
+
+#[derive(Debug, ApiResponse)]
+pub(crate) enum ReconcileResponse {
+    /// Debited (or replayed: see the `Idempotent-Replayed` header).
+    #[oai(status = 200)]
+    Ok(Json<Reconciled>, #[oai(header = "Idempotent-Replayed")] String),
+}
+
+#[OpenApi(tag = "ApiTags::Usage")]
+impl UsageApi {
+    /// Price a usage record and debit it from the account.
+    ///
+    /// 402 `insufficient_funds` carries `requiredAdditionalMillicredits`; 403 `account_frozen` and
+    /// `daily_spend_cap_exceeded` refuse the debit; 409 `idempotency_conflict` means the key was used for a different
+    /// body; 422 `unknown_model`, `unknown_unit` or `invalid_request` name what is wrong with the usage.
+    #[oai(path = "/api/usage/reconcile", method = "post")]
+    async fn reconcile(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+        body: Json<ReconcileRequest>,
+    ) -> Result<ReconcileResponse, ApiError> {
+        let request = body.0;
+        let account_id = auth.0.account(request.account_id.as_deref(), true)?;
+        let store = &state.store;
+        let Some(active) = store.active_rate_card(OffsetDateTime::now_utc()).await? else {
+            return Err(ApiError::Unavailable(Json(ErrorBody::new("unavailable", "no rate card is active"))));
+        };
+        let charge = price(&active.card, &request)?;
+        store.create_account(&account_id).await?;
+        let fingerprint = fingerprint(account_id.as_str(), &request);
+        let answer =
+            |entry_id: Option<String>, amount: Millicredits, balance: Millicredits, version: String| Reconciled {
+                entry_id,
+                account_id: account_id.to_string(),
+                charge_millicredits: amount.get(),
+                charge_credits: credits(amount),
+                balance_millicredits: balance.get(),
+                balance_credits: credits(balance),
+                rate_version: version,
+                correlation_id: request.correlation_id.clone(),
+            };
+        if charge.amount == Millicredits::ZERO {
+            let balance = store.account(&account_id).await?.map_or(Millicredits::ZERO, |account| account.balance);
+            let body = answer(None, Millicredits::ZERO, balance, charge.rate_version.to_string());
+            return Ok(ReconcileResponse::Ok(Json(body), "false".to_owned()));
+        }
+        let posting = Posting {
+            account_id: account_id.clone(),
+            kind: EntryKind::UsageDebit,
+            amount: charge.amount.checked_neg().map_err(|_| ApiError::invalid("the charge is too large"))?,
+            idempotency_key: request.idempotency_key.clone(),
+            correlation_id: request.correlation_id.clone(),
+            rate_version: Some(charge.rate_version.clone()),
+            source_ref: Some(fingerprint.clone()),
+            reason: None,
+            overdraft: Overdraft::Forbid,
+        };
+        posting.validate().map_err(|invalid| ApiError::invalid(invalid.to_string()))?;
+        let (entry, replayed) = match store.post(&posting).await? {
+            PostingOutcome::Created(entry) => (entry, false),
+            PostingOutcome::Exists(entry) => (entry, true),
+            // Same body, priced again under a newer rate card: still a replay of the first request.
+            PostingOutcome::ExistsWithDifferentContent(entry) if entry.source_ref.as_deref() == Some(&fingerprint) => {
+                (entry, true)
+            }
+            PostingOutcome::ExistsWithDifferentContent(_) => {
+                let message = "this idempotency key was already used for a different request";
+                return Err(ApiError::Conflict(Json(ErrorBody::new("idempotency_conflict", message))));
+            }
+            PostingOutcome::InsufficientFunds { balance, shortfall } => {
+                let mut body = ErrorBody::new("insufficient_funds", "the balance does not cover this charge");
+                body.required_additional_millicredits = Some(shortfall.get());
+                body.required_additional_credits = Some(credits(shortfall));
+                body.balance_millicredits = Some(balance.get());
+                return Err(ApiError::PaymentRequired(Json(body)));
+            }
+            PostingOutcome::AccountFrozen => {
+                let body = ErrorBody::new("account_frozen", "this account is frozen; contact support");
+                return Err(ApiError::Forbidden(Json(body)));
+            }
+            PostingOutcome::Overflow => return Err(ApiError::invalid("the charge does not fit the balance")),
+            PostingOutcome::AccountNotFound => return Err(ApiError::internal(&"account vanished after creation")),
+        };
+        let amount = entry.amount.checked_neg().unwrap_or(Millicredits::MAX);
+        let version = entry.rate_version.as_ref().map_or_else(String::new, ToString::to_string);
+        let body = answer(Some(entry.id), amount, entry.balance_after, version);
+        Ok(ReconcileResponse::Ok(Json(body), replayed.to_string()))
+    }
+}
+
+fn price(card: &RateCard, request: &ReconcileRequest) -> Result<creditflow_domain::Charge, ApiError> {
+    let mut usage = creditflow_domain::Usage::new();
+    for (unit, quantity) in &request.usage {
+        let quantity = u64::try_from(*quantity).map_err(|_| {
+            ApiError::invalid(format!("usage.{unit} is {quantity}: quantities are whole numbers of 0 or more"))
+        })?;
+        usage.insert(unit.clone(), quantity);
+    }
+    card.charge(&request.model, &usage).map_err(|error| {
+        let code = match error {
+            PricingError::UnknownModel { .. } => "unknown_model",
+            PricingError::UnknownUnit { .. } => "unknown_unit",
+            PricingError::EmptyUsage | PricingError::Overflow => "invalid_request",
+        };
+        ApiError::Unprocessable(Json(ErrorBody::new(code, error.to_string())))
+    })
+}
+
+/// `usage:` and the SHA-256 of what makes two reconcile bodies the same request.
+fn fingerprint(account_id: &str, request: &ReconcileRequest) -> String {
+    let canonical = serde_json::json!({
+        "account": account_id,
+        "model": request.model,
+        "usage": request.usage,
+        "correlation": request.correlation_id,
+    });
+    format!("usage:{:x}", Sha256::digest(canonical.to_string().as_bytes()))
+}

@@ -1,0 +1,7 @@
+//! API tests: each spawns the real app on a random port (on SQLite or PostgreSQL) and talks HTTP to it.
+
+mod auth;
+mod helpers;
+mod ledger;
+mod probes;
+mod reconcile;
