@@ -42,11 +42,23 @@ pub struct AppState {
     pub packs: Arc<PackCatalog>,
 }
 
-type Operations = (routes::probes::ProbesApi, routes::usage::UsageApi, routes::account::AccountApi);
+type Operations = (
+    routes::probes::ProbesApi,
+    routes::usage::UsageApi,
+    routes::account::AccountApi,
+    routes::settings::SettingsApi,
+    routes::admin::AdminApi,
+);
 
 fn service() -> OpenApiService<Operations, ()> {
     OpenApiService::new(
-        (routes::probes::ProbesApi, routes::usage::UsageApi, routes::account::AccountApi),
+        (
+            routes::probes::ProbesApi,
+            routes::usage::UsageApi,
+            routes::account::AccountApi,
+            routes::settings::SettingsApi,
+            routes::admin::AdminApi,
+        ),
         "creditflow",
         env!("CARGO_PKG_VERSION"),
     )

@@ -9,10 +9,11 @@
 //!    balance or status rule so a retry of a posting that succeeded always gets its first answer;
 //! 3. a frozen account takes no usage debits ([`PostingOutcome::AccountFrozen`]); money that already moved
 //!    (purchases, autoreload credits, refunds, adjustments) is still recorded;
-//! 4. the new balance must fit an `i64` ([`PostingOutcome::Overflow`]);
-//! 5. a debit may not take the balance below zero unless the posting allows overdraft
+//! 4. a usage debit with a spend cap may not take the day's usage past it ([`PostingOutcome::SpendCapExceeded`]);
+//! 5. the new balance must fit an `i64` ([`PostingOutcome::Overflow`]);
+//! 6. a debit may not take the balance below zero unless the posting allows overdraft
 //!    ([`PostingOutcome::InsufficientFunds`] with the shortfall);
-//! 6. otherwise the entry is created ([`PostingOutcome::Created`]).
+//! 7. otherwise the entry is created ([`PostingOutcome::Created`]).
 //!
 //! Only a created entry consumes its idempotency key: a posting refused for funds may be retried with the same key.
 
@@ -164,6 +165,17 @@ pub struct Posting {
     pub reason: Option<String>,
     /// Whether the balance may go below zero.
     pub overdraft: Overdraft,
+    /// A limit on usage debited per UTC day; only usage debits carry one.
+    pub spend_cap: Option<SpendCap>,
+}
+
+/// A ceiling on the usage an account may be debited in one window (a UTC day).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpendCap {
+    /// The most usage the window may hold.
+    pub limit: Millicredits,
+    /// When the window began; usage debited since counts against the limit.
+    pub window_start: OffsetDateTime,
 }
 
 /// A posting that breaks a rule before any storage is touched: a programming or input error, not an outcome.
@@ -288,6 +300,13 @@ pub enum PostingOutcome {
     AccountFrozen,
     /// The new balance would not fit.
     Overflow,
+    /// The usage debit would take the day's usage past the account's spend cap.
+    SpendCapExceeded {
+        /// The cap.
+        limit: Millicredits,
+        /// Usage already debited in the window.
+        spent: Millicredits,
+    },
     /// The debit is larger than the balance; `shortfall` more millicredits would let it through.
     InsufficientFunds {
         /// The balance when the posting was refused.
@@ -313,8 +332,14 @@ pub enum Decision {
     },
 }
 
-/// Applies the posting rules to an account read under lock and the entry already holding the key, if any.
-pub fn decide(posting: &Posting, account: Option<AccountState>, existing: Option<Entry>) -> Decision {
+/// Applies the posting rules to an account read under lock, the entry already holding the key (if any), and the
+/// usage already debited in the spend cap's window (read under the same lock when the posting has a cap).
+pub fn decide(
+    posting: &Posting,
+    account: Option<AccountState>,
+    existing: Option<Entry>,
+    spent_in_window: Millicredits,
+) -> Decision {
     let Some(account) = account else {
         return Decision::Refuse(PostingOutcome::AccountNotFound);
     };
@@ -327,6 +352,13 @@ pub fn decide(posting: &Posting, account: Option<AccountState>, existing: Option
     }
     if account.status == AccountStatus::Frozen && posting.kind == EntryKind::UsageDebit {
         return Decision::Refuse(PostingOutcome::AccountFrozen);
+    }
+    if let Some(cap) = posting.spend_cap.filter(|_| posting.kind == EntryKind::UsageDebit) {
+        let charge = posting.amount.checked_neg().unwrap_or(Millicredits::MAX);
+        let over = spent_in_window.checked_add(charge).map_or(true, |total| total > cap.limit);
+        if over {
+            return Decision::Refuse(PostingOutcome::SpendCapExceeded { limit: cap.limit, spent: spent_in_window });
+        }
     }
     let Ok(balance_after) = account.balance.checked_add(posting.amount) else {
         return Decision::Refuse(PostingOutcome::Overflow);

@@ -10,12 +10,16 @@ pub mod money;
 pub mod packs;
 pub mod pricing;
 pub mod rate_card;
+pub mod rollout;
+pub mod settings;
 
 pub use ledger::{
     AccountId, AccountState, AccountStatus, Decision, Entry, EntryKind, Overdraft, Posting, PostingInvalid,
-    PostingOutcome, decide,
+    PostingOutcome, SpendCap, decide,
 };
 pub use money::{Millicredits, Overflow};
 pub use packs::{CreditPack, PackCatalog, PackCatalogError};
 pub use pricing::{Charge, PricingError, Usage};
 pub use rate_card::{RateCard, RateCardError, RateVersion, Rounding, UnitPrice};
+pub use rollout::{rollout_bucket, rollout_covers};
+pub use settings::{AccountSettings, Autoreload, SettingsError};

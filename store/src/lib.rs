@@ -13,6 +13,7 @@ mod error;
 mod posting;
 mod rate_cards;
 mod rows;
+mod settings;
 mod timestamp;
 
 use sqlx::{Pool, Postgres, Sqlite};
@@ -22,7 +23,7 @@ pub use audit::{AuditRecord, NewAuditRecord};
 pub use connect::redact_url;
 pub use error::StoreError;
 pub use posting::LedgerTotals;
-pub use rate_cards::{RateCardAdded, StoredRateCard};
+pub use rate_cards::{RateCardAdded, RateCardSummary, Rollout, StoredRateCard};
 pub use timestamp::Timestamp;
 
 /// Which database a store runs on.

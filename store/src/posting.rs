@@ -38,6 +38,10 @@ const INSERT_ENTRY: &str = concat!(
     entry_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 );
+/// Usage debited since a time, as a positive amount (read under the account lock, so concurrent debits cannot both
+/// fit under a cap that only one of them fits under).
+const SPENT_SINCE: &str = "SELECT CAST(COALESCE(-SUM(amount_millicredits), 0) AS BIGINT) FROM ledger_entries \
+     WHERE account_id = $1 AND kind = 'usage_debit' AND created_at >= $2";
 const UPDATE_BALANCE: &str =
     "UPDATE accounts SET balance_millicredits = $2, last_sequence = $3, updated_at = $4 WHERE id = $1";
 
@@ -86,7 +90,18 @@ impl Store {
                 None => None,
             };
             let existing = existing.map(Entry::try_from).transpose()?;
-            let (sequence, balance_after) = match decide(posting, state, existing) {
+            let spent = match (&existing, posting.spend_cap) {
+                (None, Some(cap)) => {
+                    let spent: i64 = sqlx::query_scalar(SPENT_SINCE)
+                        .bind(account_id)
+                        .bind(Timestamp::from(cap.window_start))
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    Millicredits::new(spent)
+                }
+                _ => Millicredits::ZERO,
+            };
+            let (sequence, balance_after) = match decide(posting, state, existing, spent) {
                 // Dropping the transaction rolls it back: a refused posting writes nothing.
                 Decision::Refuse(outcome) => return Ok(outcome),
                 Decision::Append { sequence, balance_after } => (sequence, balance_after),

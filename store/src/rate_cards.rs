@@ -1,6 +1,6 @@
 //! Rate card versions: immutable documents, and append-only activations that say which version applies when.
 
-use creditflow_domain::{RateCard, RateVersion};
+use creditflow_domain::{AccountId, RateCard, RateVersion, rollout_covers};
 use time::OffsetDateTime;
 
 use crate::audit::{NewAuditRecord, insert_audit};
@@ -28,10 +28,89 @@ pub struct StoredRateCard {
     pub effective_at: OffsetDateTime,
 }
 
+/// Who an activation applies to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rollout {
+    /// Share of accounts by stable bucket, 0 to 100; 100 with no allowlist makes a global activation.
+    pub percentage: u8,
+    /// Accounts covered whatever their bucket.
+    pub allowlist: Vec<AccountId>,
+}
+
+impl Rollout {
+    /// Every account.
+    pub fn everyone() -> Self {
+        Self { percentage: 100, allowlist: Vec::new() }
+    }
+}
+
+/// A stored version and its activations, for listings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateCardSummary {
+    /// The version.
+    pub version: String,
+    /// `ceil` or `precise`.
+    pub rounding: String,
+    /// When it was uploaded.
+    pub created_at: OffsetDateTime,
+    /// Its activations: effective time, share, allowlist, actor.
+    pub activations: Vec<(OffsetDateTime, u8, Vec<String>, String)>,
+}
+
 #[derive(sqlx::FromRow)]
 struct ActiveRow {
+    version: String,
     document: String,
     effective_at: Timestamp,
+    percentage: i32,
+    allowlist: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct VersionRow {
+    version: String,
+    rounding: String,
+    created_at: Timestamp,
+}
+
+#[derive(sqlx::FromRow)]
+struct ActivationRow {
+    version: String,
+    effective_at: Timestamp,
+    percentage: i32,
+    allowlist: Option<String>,
+    actor: String,
+}
+
+/// Activations in force at `$1`, newest first: a global one ends the walk.
+const ACTIVATIONS_AT: &str = "SELECT c.version, c.document, a.effective_at, a.percentage, a.allowlist \
+     FROM rate_card_activations a JOIN rate_cards c ON c.version = a.version \
+     WHERE a.effective_at <= $1 ORDER BY a.effective_at DESC, a.id DESC LIMIT $2";
+/// How many activations to walk before falling back to the newest global one.
+const ROLLOUT_WALK: i64 = 64;
+
+fn allowlist_from_json(text: Option<&str>) -> Result<Vec<String>, StoreError> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(text) => parse_string_array(text).ok_or_else(|| StoreError::Corrupt(format!("rollout allowlist {text}"))),
+    }
+}
+
+/// Reads a JSON array of plain strings (account ids never need escapes: they are `A-Z a-z 0-9 _ -`).
+fn parse_string_array(text: &str) -> Option<Vec<String>> {
+    let inner = text.trim().strip_prefix('[')?.strip_suffix(']')?.trim();
+    if inner.is_empty() {
+        return Some(Vec::new());
+    }
+    inner.split(',').map(|item| item.trim().strip_prefix('"')?.strip_suffix('"').map(str::to_owned)).collect()
+}
+
+fn allowlist_to_json(allowlist: &[AccountId]) -> Option<String> {
+    if allowlist.is_empty() {
+        return None;
+    }
+    let items: Vec<String> = allowlist.iter().map(|id| format!("\"{id}\"")).collect();
+    Some(format!("[{}]", items.join(",")))
 }
 
 impl Store {
@@ -69,10 +148,24 @@ impl Store {
         effective_at: OffsetDateTime,
         audit: &NewAuditRecord,
     ) -> Result<(), StoreError> {
+        self.roll_out_rate_card(version, effective_at, &Rollout::everyone(), audit).await
+    }
+
+    /// Makes `version` apply from `effective_at` on to the accounts `rollout` covers (all of them for
+    /// [`Rollout::everyone`]), recording the actor in the audit log.
+    pub async fn roll_out_rate_card(
+        &self,
+        version: &RateVersion,
+        effective_at: OffsetDateTime,
+        rollout: &Rollout,
+        audit: &NewAuditRecord,
+    ) -> Result<(), StoreError> {
         let now = Timestamp::now();
         let exists = "SELECT COUNT(*) FROM rate_cards WHERE version = $1";
-        let insert = "INSERT INTO rate_card_activations (version, effective_at, actor, created_at) \
-                      VALUES ($1, $2, $3, $4)";
+        let insert = "INSERT INTO rate_card_activations (version, effective_at, actor, created_at, percentage, \
+                      allowlist) VALUES ($1, $2, $3, $4, $5, $6)";
+        let percentage = i32::from(rollout.percentage.min(100));
+        let allowlist = allowlist_to_json(&rollout.allowlist);
         on_backend!(write self, |tx, _dialect| {
             let count: i64 = sqlx::query_scalar(exists).bind(version.as_str()).fetch_one(&mut *tx).await?;
             if count == 0 {
@@ -83,6 +176,8 @@ impl Store {
                 .bind(Timestamp::from(effective_at))
                 .bind(audit.actor.as_str())
                 .bind(now)
+                .bind(percentage)
+                .bind(allowlist.as_deref())
                 .execute(&mut *tx)
                 .await?;
             insert_audit!(tx, audit, now).await?;
@@ -91,19 +186,87 @@ impl Store {
         })
     }
 
-    /// The card in force at `at`: the latest activation that took effect by then.
+    /// The card in force for everyone at `at`: the latest global activation that took effect by then.
     pub async fn active_rate_card(&self, at: OffsetDateTime) -> Result<Option<StoredRateCard>, StoreError> {
-        let sql = "SELECT c.document, a.effective_at FROM rate_card_activations a \
-                   JOIN rate_cards c ON c.version = a.version \
-                   WHERE a.effective_at <= $1 ORDER BY a.effective_at DESC, a.id DESC LIMIT 1";
+        let sql = "SELECT c.version, c.document, a.effective_at, a.percentage, a.allowlist \
+                   FROM rate_card_activations a JOIN rate_cards c ON c.version = a.version \
+                   WHERE a.effective_at <= $1 AND a.percentage = 100 AND a.allowlist IS NULL \
+                   ORDER BY a.effective_at DESC, a.id DESC LIMIT 1";
         let row: Option<ActiveRow> = on_backend!(self, |pool, _dialect| {
             sqlx::query_as(sql).bind(Timestamp::from(at)).fetch_optional(pool).await?
         });
-        row.map(|row| {
-            let card = RateCard::from_toml(&row.document)
-                .map_err(|error| StoreError::Corrupt(format!("stored rate card does not parse: {error}")))?;
-            Ok(StoredRateCard { card, document: row.document, effective_at: row.effective_at.get() })
-        })
-        .transpose()
+        row.map(stored).transpose()
     }
+
+    /// The card in force for `account` at `at`: the newest activation by then that covers it. A global activation
+    /// covers everyone; a rollout covers its allowlist and its share of buckets. One account sees one version at a
+    /// time, and the same one on every call until a newer activation takes effect.
+    pub async fn rate_card_for(
+        &self,
+        account: &AccountId,
+        at: OffsetDateTime,
+    ) -> Result<Option<StoredRateCard>, StoreError> {
+        let rows: Vec<ActiveRow> = on_backend!(self, |pool, _dialect| {
+            sqlx::query_as(ACTIVATIONS_AT).bind(Timestamp::from(at)).bind(ROLLOUT_WALK).fetch_all(pool).await?
+        });
+        let walked = rows.len();
+        for row in rows {
+            let version = RateVersion::new(row.version.clone())
+                .map_err(|_| StoreError::Corrupt(format!("rate version {}", row.version)))?;
+            let allowlist: Vec<AccountId> = allowlist_from_json(row.allowlist.as_deref())?
+                .into_iter()
+                .filter_map(|id| AccountId::new(id).ok())
+                .collect();
+            let percentage = u8::try_from(row.percentage).unwrap_or(100);
+            if rollout_covers(&version, percentage, &allowlist, account) {
+                return stored(row).map(Some);
+            }
+        }
+        // More partial rollouts than the walk reads: the newest global activation still applies.
+        if i64::try_from(walked).unwrap_or(i64::MAX) >= ROLLOUT_WALK {
+            self.active_rate_card(at).await
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Every stored version with its activations, oldest first.
+    pub async fn rate_cards(&self) -> Result<Vec<RateCardSummary>, StoreError> {
+        let versions_sql = "SELECT version, rounding, created_at FROM rate_cards ORDER BY created_at, version";
+        let activations_sql = "SELECT version, effective_at, percentage, allowlist, actor \
+                               FROM rate_card_activations ORDER BY effective_at, id";
+        let (versions, activations): (Vec<VersionRow>, Vec<ActivationRow>) = on_backend!(self, |pool, _dialect| {
+            (
+                sqlx::query_as(versions_sql).fetch_all(pool).await?,
+                sqlx::query_as(activations_sql).fetch_all(pool).await?,
+            )
+        });
+        let mut summaries = Vec::with_capacity(versions.len());
+        for version in versions {
+            let mut summary = RateCardSummary {
+                version: version.version,
+                rounding: version.rounding,
+                created_at: version.created_at.get(),
+                activations: Vec::new(),
+            };
+            for activation in activations.iter().filter(|a| a.version == summary.version) {
+                let allowlist = allowlist_from_json(activation.allowlist.as_deref())?;
+                let percentage = u8::try_from(activation.percentage).unwrap_or(100);
+                summary.activations.push((
+                    activation.effective_at.get(),
+                    percentage,
+                    allowlist,
+                    activation.actor.clone(),
+                ));
+            }
+            summaries.push(summary);
+        }
+        Ok(summaries)
+    }
+}
+
+fn stored(row: ActiveRow) -> Result<StoredRateCard, StoreError> {
+    let card = RateCard::from_toml(&row.document)
+        .map_err(|error| StoreError::Corrupt(format!("stored rate card does not parse: {error}")))?;
+    Ok(StoredRateCard { card, document: row.document, effective_at: row.effective_at.get() })
 }

@@ -54,6 +54,9 @@ storage_suite!(
     entries_page_in_sequence_order,
     rate_cards_are_immutable_and_activate_by_time,
     random_postings_match_the_reference_model,
+    concurrent_debits_never_pass_a_spend_cap,
+    settings_are_stored_whole,
+    rollouts_give_each_account_one_version,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,7 +57,7 @@ pub(crate) enum CsvExport {
 
 /// Resolves the account a read acts on. A customer's own account is created on first use (a zero balance);
 /// others must name an existing account.
-async fn readable_account(
+pub(crate) async fn readable_account(
     store: &Store,
     principal: &Principal,
     requested: Option<&str>,

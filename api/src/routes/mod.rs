@@ -2,7 +2,9 @@
 //! they make the OpenAPI document served at `/openapi.json`.
 
 pub(crate) mod account;
+pub(crate) mod admin;
 pub(crate) mod probes;
+pub(crate) mod settings;
 pub(crate) mod usage;
 
 use creditflow_domain::{Entry, Millicredits};
@@ -15,8 +17,10 @@ pub(crate) enum ApiTags {
     Probes,
     /// Pricing and debiting usage.
     Usage,
-    /// Balances, ledger lines and exports.
+    /// Balances, ledger lines, exports and settings.
     Account,
+    /// Operators: adjustments, freezes, rate cards, the audit log.
+    Admin,
 }
 
 /// An amount both ways: exact millicredits for programs, credits as a decimal string for people.

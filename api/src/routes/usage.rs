@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use creditflow_domain::{EntryKind, Millicredits, Overdraft, Posting, PostingOutcome, PricingError, RateCard};
+use creditflow_domain::{
+    EntryKind, Millicredits, Overdraft, Posting, PostingOutcome, PricingError, RateCard, SpendCap,
+};
 use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -88,11 +90,17 @@ impl UsageApi {
         let request = body.0;
         let account_id = auth.0.account(request.account_id.as_deref(), true)?;
         let store = &state.store;
-        let Some(active) = store.active_rate_card(OffsetDateTime::now_utc()).await? else {
+        let now = OffsetDateTime::now_utc();
+        let Some(active) = store.rate_card_for(&account_id, now).await? else {
             return Err(ApiError::Unavailable(Json(ErrorBody::new("unavailable", "no rate card is active"))));
         };
         let charge = price(&active.card, &request)?;
         store.create_account(&account_id).await?;
+        let spend_cap = store
+            .settings(&account_id)
+            .await?
+            .daily_spend_cap
+            .map(|limit| SpendCap { limit, window_start: now.replace_time(time::Time::MIDNIGHT) });
         let fingerprint = fingerprint(account_id.as_str(), &request);
         let answer =
             |entry_id: Option<String>, amount: Millicredits, balance: Millicredits, version: String| Reconciled {
@@ -120,6 +128,7 @@ impl UsageApi {
             source_ref: Some(fingerprint.clone()),
             reason: None,
             overdraft: Overdraft::Forbid,
+            spend_cap,
         };
         posting.validate().map_err(|invalid| ApiError::invalid(invalid.to_string()))?;
         let (entry, replayed) = match store.post(&posting).await? {
@@ -143,6 +152,14 @@ impl UsageApi {
             PostingOutcome::AccountFrozen => {
                 let body = ErrorBody::new("account_frozen", "this account is frozen; contact support");
                 return Err(ApiError::Forbidden(Json(body)));
+            }
+            PostingOutcome::SpendCapExceeded { limit, spent } => {
+                let message = format!(
+                    "the daily spend cap of {} credits would be exceeded ({} spent today); it resets at 00:00 UTC",
+                    credits(limit),
+                    credits(spent)
+                );
+                return Err(ApiError::Forbidden(Json(ErrorBody::new("daily_spend_cap_exceeded", message))));
             }
             PostingOutcome::Overflow => return Err(ApiError::invalid("the charge does not fit the balance")),
             PostingOutcome::AccountNotFound => return Err(ApiError::internal(&"account vanished after creation")),

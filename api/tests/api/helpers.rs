@@ -235,6 +235,7 @@ impl TestApp {
             source_ref: Some("pi_test".into()),
             reason: None,
             overdraft: Overdraft::Forbid,
+            spend_cap: None,
         };
         assert!(matches!(self.store.post(&posting).await.expect("fund"), PostingOutcome::Created(_)));
     }

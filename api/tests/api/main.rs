@@ -1,5 +1,6 @@
 //! API tests: each spawns the real app on a random port (on SQLite or PostgreSQL) and talks HTTP to it.
 
+mod admin;
 mod auth;
 mod helpers;
 mod ledger;

@@ -17,6 +17,7 @@ fn posting(kind: EntryKind, amount: i64) -> Posting {
         source_ref: None,
         reason: (kind == EntryKind::Adjustment).then(|| "goodwill".to_owned()),
         overdraft: Overdraft::Forbid,
+        spend_cap: None,
     }
 }
 
@@ -92,8 +93,43 @@ fn decision_table() {
         ("6 credit on negative balance", &purchase_100, state(-500, ACTIVE), None, append(-400)),
     ];
     for (rule, posting, account, existing, expected) in rows {
-        assert_eq!(decide(posting, account, existing), expected, "{rule}");
+        assert_eq!(decide(posting, account, existing, Millicredits::ZERO), expected, "{rule}");
     }
+}
+
+#[test]
+fn spend_cap_table() {
+    let cap = |limit: i64| SpendCap { limit: Millicredits::new(limit), window_start: OffsetDateTime::UNIX_EPOCH };
+    let capped =
+        |amount: i64, limit: i64| Posting { spend_cap: Some(cap(limit)), ..posting(EntryKind::UsageDebit, amount) };
+    let exceeded = |limit: i64, spent: i64| {
+        Decision::Refuse(PostingOutcome::SpendCapExceeded {
+            limit: Millicredits::new(limit),
+            spent: Millicredits::new(spent),
+        })
+    };
+    let append = |balance_after: i64| Decision::Append { sequence: 5, balance_after: Millicredits::new(balance_after) };
+    let retried = capped(-1_500, 5_000);
+    // (rule, posting, spent in the window, decision)
+    let rows: Vec<(&str, Posting, i64, Decision)> = vec![
+        ("under the cap", capped(-1_500, 5_000), 3_000, append(8_500)),
+        ("exactly at the cap", capped(-1_500, 5_000), 3_500, append(8_500)),
+        ("one millicredit over", capped(-1_500, 5_000), 3_501, exceeded(5_000, 3_501)),
+        ("cap before funds", capped(-20_000, 5_000), 0, exceeded(5_000, 0)),
+        (
+            "credits ignore caps",
+            Posting { spend_cap: Some(cap(1)), ..posting(EntryKind::PurchaseCredit, 9) },
+            7,
+            append(10_009),
+        ),
+    ];
+    for (rule, posting, spent, expected) in rows {
+        assert_eq!(decide(&posting, state(10_000, ACTIVE), None, Millicredits::new(spent)), expected, "{rule}");
+    }
+    // A replay is answered before the cap is looked at.
+    let first = entry_for(&retried);
+    let replay = decide(&retried, state(10_000, ACTIVE), Some(first.clone()), Millicredits::new(9_999));
+    assert_eq!(replay, Decision::Refuse(PostingOutcome::Exists(first)));
 }
 
 #[test]

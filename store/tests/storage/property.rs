@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use creditflow_domain::RateVersion;
 use creditflow_domain::{AccountId, AccountStatus, EntryKind, Millicredits, Overdraft, Posting, PostingOutcome};
+use creditflow_domain::{RateVersion, SpendCap};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use time::OffsetDateTime;
 
 use super::helpers::{Db, audit};
 
@@ -27,6 +28,8 @@ enum Op {
         negative: bool,
         correlation: u8,
         overdraft: bool,
+        /// A spend cap on usage since the epoch, in millicredits.
+        cap: Option<i64>,
     },
     /// Repeat the n-th earlier posting of the case exactly (modulo how many there were).
     Replay(usize),
@@ -44,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(EntryKind::RefundDebit),
         1 => Just(EntryKind::Adjustment),
     ];
+    let cap = prop_oneof![3 => Just(None), 1 => (1i64..40_000).prop_map(Some)];
     let post = (
         0..ACCOUNTS,
         0..KEYS_PER_ACCOUNT,
@@ -53,11 +57,12 @@ fn op() -> impl Strategy<Value = Op> {
         0u8..2,
         prop::bool::weighted(0.2),
         0u8..40,
+        cap,
     )
-        .prop_map(|(account, key, kind, magnitude, negative, correlation, overdraft, huge)| {
+        .prop_map(|(account, key, kind, magnitude, negative, correlation, overdraft, huge, cap)| {
             let credit = matches!(kind, EntryKind::PurchaseCredit | EntryKind::AutoreloadCredit);
             let magnitude = if huge == 0 && credit { HUGE } else { magnitude };
-            Op::Post { account, key, kind, magnitude, negative, correlation, overdraft }
+            Op::Post { account, key, kind, magnitude, negative, correlation, overdraft, cap }
         });
     prop_oneof![
         12 => post,
@@ -72,6 +77,7 @@ enum Expected {
     Exists { sequence: i64 },
     Conflict { sequence: i64 },
     Frozen,
+    CapExceeded { spent: i64 },
     Overflow,
     Insufficient { shortfall: i64 },
 }
@@ -80,6 +86,8 @@ enum Expected {
 struct ModelAccount {
     balance: i64,
     frozen: bool,
+    /// Usage debited so far (every case runs within one spend-cap window: since the epoch).
+    usage: i64,
     /// key -> (content, sequence); entries in order as `(key, amount, balance_after)`.
     keys: HashMap<String, (String, i64)>,
     entries: Vec<(String, i64, i64)>,
@@ -103,11 +111,19 @@ impl ModelAccount {
             return Expected::Frozen;
         }
         let amount = posting.amount.get();
+        if let Some(cap) = posting.spend_cap.filter(|_| posting.kind == EntryKind::UsageDebit)
+            && self.usage - amount > cap.limit.get()
+        {
+            return Expected::CapExceeded { spent: self.usage };
+        }
         let Some(balance_after) = self.balance.checked_add(amount) else { return Expected::Overflow };
         if amount < 0 && balance_after < 0 && posting.overdraft == Overdraft::Forbid {
             return Expected::Insufficient { shortfall: -balance_after };
         }
         self.balance = balance_after;
+        if posting.kind == EntryKind::UsageDebit {
+            self.usage -= amount;
+        }
         self.entries.push((posting.idempotency_key.clone(), amount, balance_after));
         let sequence = i64::try_from(self.entries.len()).expect("fits");
         self.keys.insert(posting.idempotency_key.clone(), (content, sequence));
@@ -123,6 +139,7 @@ fn observed(outcome: &PostingOutcome) -> Expected {
         PostingOutcome::Exists(entry) => Expected::Exists { sequence: entry.sequence },
         PostingOutcome::ExistsWithDifferentContent(entry) => Expected::Conflict { sequence: entry.sequence },
         PostingOutcome::AccountFrozen => Expected::Frozen,
+        PostingOutcome::SpendCapExceeded { spent, .. } => Expected::CapExceeded { spent: spent.get() },
         PostingOutcome::Overflow => Expected::Overflow,
         PostingOutcome::InsufficientFunds { shortfall, .. } => Expected::Insufficient { shortfall: shortfall.get() },
         PostingOutcome::AccountNotFound => panic!("every account in the case exists"),
@@ -137,7 +154,7 @@ enum Step {
 }
 
 fn posting_for(ids: &[AccountId], op: &Op) -> Option<Posting> {
-    let Op::Post { account, key, kind, magnitude, negative, correlation, overdraft } = op else { return None };
+    let Op::Post { account, key, kind, magnitude, negative, correlation, overdraft, cap } = op else { return None };
     let sign = match kind {
         EntryKind::PurchaseCredit | EntryKind::AutoreloadCredit => 1,
         EntryKind::UsageDebit | EntryKind::RefundDebit => -1,
@@ -159,6 +176,8 @@ fn posting_for(ids: &[AccountId], op: &Op) -> Option<Posting> {
         source_ref: None,
         reason: (*kind == EntryKind::Adjustment).then(|| "property test".to_owned()),
         overdraft: if *overdraft { Overdraft::Allow } else { Overdraft::Forbid },
+        spend_cap: cap
+            .map(|limit| SpendCap { limit: Millicredits::new(limit), window_start: OffsetDateTime::UNIX_EPOCH }),
     })
 }
 

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use creditflow_domain::{AccountId, AccountStatus, EntryKind, Millicredits, Overdraft, PostingInvalid, PostingOutcome};
-use creditflow_domain::{RateCard, RateVersion};
-use creditflow_store::{RateCardAdded, StoreError};
+use creditflow_domain::{AccountSettings, Autoreload, Posting, RateCard, RateVersion, SpendCap, rollout_bucket};
+use creditflow_store::{RateCardAdded, Rollout, StoreError};
 use time::{Duration, OffsetDateTime};
 
 use super::helpers::{Db, adjustment, audit, purchase, usage};
@@ -334,4 +334,94 @@ pub(crate) async fn rate_cards_are_immutable_and_activate_by_time(db: &Db) {
 
 pub(crate) async fn random_postings_match_the_reference_model(db: &Db) {
     super::property::check_against_reference_model(db);
+}
+
+pub(crate) async fn concurrent_debits_never_pass_a_spend_cap(db: &Db) {
+    // Plenty of funds, a cap of 7.5 credits a day, 30 concurrent debits of 1 credit: exactly seven fit.
+    let id = db.account_with("acct_cap", 1_000_000).await;
+    let window_start = OffsetDateTime::now_utc() - Duration::hours(1);
+    let cap = SpendCap { limit: Millicredits::new(7_500), window_start };
+    let store = Arc::new(db.store.clone());
+    let tasks: Vec<_> = (0..30)
+        .map(|task| {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::spawn(async move {
+                let posting = Posting { spend_cap: Some(cap), ..usage(&id, &format!("cap-{task}"), 1_000) };
+                store.post(&posting).await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.expect("task ran").expect("answered") {
+            PostingOutcome::Created(_) => created += 1,
+            PostingOutcome::SpendCapExceeded { limit, spent } => {
+                assert_eq!(limit, Millicredits::new(7_500));
+                assert_eq!(spent, Millicredits::new(7_000), "refusals see all seven debits");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created, 7);
+    // Usage before the window does not count; credits never do.
+    let later =
+        SpendCap { limit: Millicredits::new(7_500), window_start: OffsetDateTime::now_utc() + Duration::seconds(1) };
+    let posting = Posting { spend_cap: Some(later), ..usage(&id, "tomorrow", 1_000) };
+    assert!(matches!(db.store.post(&posting).await.expect("post"), PostingOutcome::Created(_)));
+    db.assert_balance(&id, 1_000_000 - 8_000).await;
+}
+
+pub(crate) async fn settings_are_stored_whole(db: &Db) {
+    let id = db.account_with("acct_set", 0).await;
+    assert_eq!(db.store.settings(&id).await.expect("read"), AccountSettings::default());
+    let settings = AccountSettings {
+        email: Some("ada@example.com".into()),
+        low_balance_threshold: Some(Millicredits::new(1_000)),
+        autoreload: Autoreload {
+            enabled: true,
+            threshold: Some(Millicredits::new(2_000)),
+            pack: Some("starter".into()),
+            monthly_cap_usd_cents: Some(5_000),
+        },
+        daily_spend_cap: Some(Millicredits::new(50_000)),
+    };
+    db.store.put_settings(&id, &settings).await.expect("save");
+    assert_eq!(db.store.settings(&id).await.expect("read"), settings);
+    db.store.put_settings(&id, &AccountSettings::default()).await.expect("clear");
+    assert_eq!(db.store.settings(&id).await.expect("read"), AccountSettings::default());
+}
+
+pub(crate) async fn rollouts_give_each_account_one_version(db: &Db) {
+    let now = OffsetDateTime::now_utc();
+    let document = |version: &str| format!("version = \"{version}\"\nrounding = \"ceil\"\n[models.m]\nx = 1\n");
+    for version in ["v1", "v2", "v3"] {
+        let text = document(version);
+        db.store.add_rate_card(&RateCard::from_toml(&text).expect("card"), &text).await.expect("add");
+    }
+    let version = |name: &str| RateVersion::new(name).expect("valid");
+    let record = audit("rate_card.rollout", "v2");
+    db.store.activate_rate_card(&version("v1"), now - Duration::hours(2), &record).await.expect("v1 for all");
+    let accounts: Vec<AccountId> = (0..200).map(|n| AccountId::new(format!("acct_r{n}")).expect("valid")).collect();
+    let vip = AccountId::new("vip").expect("valid");
+    let rollout = Rollout { percentage: 25, allowlist: vec![vip.clone()] };
+    db.store.roll_out_rate_card(&version("v2"), now - Duration::hours(1), &rollout, &record).await.expect("v2 to 25%");
+    // v3 is scheduled for everyone tomorrow: not in force yet.
+    db.store.activate_rate_card(&version("v3"), now + Duration::days(1), &record).await.expect("v3 later");
+    let seen = |stored: Option<creditflow_store::StoredRateCard>| stored.expect("a card").card.version().to_string();
+    let mut on_v2 = 0;
+    for account in &accounts {
+        let first = seen(db.store.rate_card_for(account, now).await.expect("read"));
+        let again = seen(db.store.rate_card_for(account, now).await.expect("read"));
+        assert_eq!(first, again, "one version per account");
+        let expected = if rollout_bucket(&version("v2"), account) < 25 { "v2" } else { "v1" };
+        assert_eq!(first, expected, "{account}");
+        on_v2 += usize::from(first == "v2");
+        assert_eq!(seen(db.store.rate_card_for(account, now + Duration::days(2)).await.expect("read")), "v3");
+    }
+    assert!((25..=75).contains(&on_v2), "about a quarter of 200 accounts: {on_v2}");
+    assert_eq!(seen(db.store.rate_card_for(&vip, now).await.expect("read")), "v2", "the allowlist is covered");
+    assert_eq!(seen(db.store.active_rate_card(now).await.expect("read")), "v1", "the global card is unchanged");
+    let listing = db.store.rate_cards().await.expect("list");
+    let v2 = listing.iter().find(|summary| summary.version == "v2").expect("v2 listed");
+    assert_eq!((v2.activations[0].1, v2.activations[0].2.clone()), (25, vec!["vip".to_owned()]));
 }
