@@ -10,6 +10,8 @@
 
 pub mod auth;
 pub mod errors;
+mod limits;
+mod protection;
 mod request_id;
 mod routes;
 mod security;
@@ -26,6 +28,8 @@ use tokio::io::AsyncReadExt as _;
 
 pub use auth::{AuthSettings, Authenticator, DevKey};
 pub use errors::{ApiError, ErrorBody};
+pub use limits::{RateLimiter, Verdict};
+pub use protection::CorsAllowlist;
 pub use request_id::{REQUEST_ID_HEADER, RequestId};
 
 /// Largest request body accepted (1 MiB); larger bodies get 413 `payload_too_large`.
@@ -40,6 +44,10 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The packs on sale.
     pub packs: Arc<PackCatalog>,
+    /// The per-subject rate limit.
+    pub limiter: Arc<RateLimiter>,
+    /// Origins allowed to call from a browser.
+    pub cors: CorsAllowlist,
 }
 
 type Operations = (
@@ -72,6 +80,7 @@ pub fn openapi_json() -> String {
 
 /// The complete API as one endpoint.
 pub fn app(state: AppState) -> impl Endpoint {
+    let cors = state.cors.clone();
     let api = service();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
@@ -84,6 +93,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .catch_all_error(errors::to_json)
         .with(CatchPanic::new())
         .around(request_id::with_request_id)
+        .around(move |next, request| protection::protect(next, request, cors.clone()))
 }
 
 /// Refuses bodies over [`BODY_SIZE_MAX_BYTES`]: at once with 413 when `Content-Length` says so, and by reading at

@@ -55,6 +55,10 @@ pub(crate) struct Config {
     pub(crate) log_filter: String,
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     pub(crate) shutdown_grace_seconds: u64,
+    /// Requests per minute per token subject; shared through Redis when `redis_url` is set.
+    pub(crate) rate_limit_per_minute: u32,
+    /// Origins (`https://app.example.com`) allowed to call the API from a browser.
+    pub(crate) cors_allowed_origins: Vec<String>,
     /// Where dev mode keeps its signing key (created on first use).
     pub(crate) dev_key_file: PathBuf,
     /// Token verification (`[auth]`; `CREDITFLOW_AUTH__ISSUER` and so on).
@@ -74,6 +78,8 @@ impl Default for Config {
             log_format: LogFormat::Pretty,
             log_filter: "info".to_owned(),
             shutdown_grace_seconds: 30,
+            rate_limit_per_minute: 100,
+            cors_allowed_origins: Vec::new(),
             dev_key_file: PathBuf::from("creditflow-dev-key.pem"),
             auth: AuthSettings::default(),
         }
@@ -183,6 +189,18 @@ fn validate(config: Config) -> Result<Loaded, ConfigError> {
     let redis_schemes = ["redis://", "rediss://", "redis+unix://"];
     if config.redis_url.as_deref().is_some_and(|url| !redis_schemes.iter().any(|scheme| url.starts_with(scheme))) {
         return Err(invalid("redis_url", "use redis://HOST:PORT or rediss://HOST:PORT"));
+    }
+    if config.rate_limit_per_minute == 0 {
+        return Err(invalid("rate_limit_per_minute", "must be at least 1"));
+    }
+    for origin in &config.cors_allowed_origins {
+        let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+        if rest.is_none_or(|host| host.is_empty() || host.trim_end_matches('/').contains('/')) {
+            return Err(invalid(
+                "cors_allowed_origins",
+                format!("`{origin}` is not an origin like https://app.example.com"),
+            ));
+        }
     }
     if config.shutdown_grace_seconds > 3_600 {
         return Err(invalid("shutdown_grace_seconds", "must be at most 3600"));

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use std::sync::Arc;
 
-use creditflow_api::{AppState, Authenticator, DevKey, app};
+use creditflow_api::{AppState, Authenticator, CorsAllowlist, DevKey, RateLimiter, app};
 use creditflow_store::{NewAuditRecord, RateCardAdded, Store};
 use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
@@ -43,9 +43,12 @@ pub(crate) async fn serve(loaded: &Loaded) -> anyhow::Result<()> {
     ensure_rate_card(&store, loaded).await.context("cannot prepare the rate card")?;
     let auth = authenticator(loaded)?;
     auth.warm_up().await;
-    if config.redis_url.is_some() {
-        tracing::warn!("redis_url is set, but no component uses Redis yet (the job queue and shared rate limiter)");
-    }
+    let limiter = match &config.redis_url {
+        Some(url) => RateLimiter::redis(url, config.rate_limit_per_minute).await.with_context(|| {
+            format!("cannot reach Redis at {} for the shared rate limiter", creditflow_store::redact_url(url))
+        })?,
+        None => RateLimiter::in_memory(config.rate_limit_per_minute),
+    };
     let acceptor = TcpListener::bind(config.listen)
         .into_acceptor()
         .await
@@ -59,7 +62,13 @@ pub(crate) async fn serve(loaded: &Loaded) -> anyhow::Result<()> {
         "creditflow is serving"
     );
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    let state = AppState { store: store.clone(), auth: Arc::new(auth), packs: Arc::new(loaded.packs.clone()) };
+    let state = AppState {
+        store: store.clone(),
+        auth: Arc::new(auth),
+        packs: Arc::new(loaded.packs.clone()),
+        limiter: Arc::new(limiter),
+        cors: CorsAllowlist::new(config.cors_allowed_origins.iter().cloned()),
+    };
     Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app(state), shutdown_signal(), Some(grace)).await?;
     store.close().await;
     tracing::info!("creditflow stopped");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use creditflow_api::{AppState, AuthSettings, Authenticator, app};
+use creditflow_api::{AppState, AuthSettings, Authenticator, CorsAllowlist, RateLimiter, app};
 use creditflow_domain::{
     AccountId, EntryKind, Millicredits, Overdraft, PackCatalog, Posting, PostingOutcome, RateCard,
 };
@@ -171,8 +171,13 @@ pub(crate) struct TestApp {
 }
 
 impl TestApp {
-    /// Spawns the app on `backend` with `auth`, the ceil card `v1` active.
+    /// Spawns the app on `backend` with `auth`, the ceil card `v1` active, and a generous in-memory rate limit.
     pub(crate) async fn spawn(backend: TestBackend, auth: Auth) -> Self {
+        Self::spawn_limited(backend, auth, RateLimiter::in_memory(10_000)).await
+    }
+
+    /// Spawns the app with `limiter`.
+    pub(crate) async fn spawn_limited(backend: TestBackend, auth: Auth, limiter: RateLimiter) -> Self {
         let database = TestDatabase::new(backend).await;
         let store = Store::connect(&database.url, 16).await.expect("connect");
         store.migrate().await.expect("migrate");
@@ -191,7 +196,13 @@ impl TestApp {
             "[[packs]]\nid = \"starter\"\nname = \"Starter\"\nprice_usd_cents = 500\ncredits = 5000\n",
         )
         .expect("packs");
-        let state = AppState { store: store.clone(), auth: Arc::new(authenticator), packs: Arc::new(packs) };
+        let state = AppState {
+            store: store.clone(),
+            auth: Arc::new(authenticator),
+            packs: Arc::new(packs),
+            limiter: Arc::new(limiter),
+            cors: CorsAllowlist::new(["https://app.example.com".to_owned()]),
+        };
         let app = Self { base: serve(app(state)).await, client: reqwest::Client::new(), store, database };
         app.add_and_activate(CEIL_CARD).await;
         app

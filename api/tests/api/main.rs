@@ -5,4 +5,5 @@ mod auth;
 mod helpers;
 mod ledger;
 mod probes;
+mod protection;
 mod reconcile;
