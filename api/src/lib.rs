@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod errors;
 mod limits;
+mod metrics;
 mod protection;
 mod request_id;
 mod routes;
@@ -82,17 +83,20 @@ pub fn openapi_json() -> String {
 pub fn app(state: AppState) -> impl Endpoint {
     let cors = state.cors.clone();
     let api = service();
+    let routes = metrics::Routes::from_spec(&api.spec());
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
+    metrics::handle();
     Route::new()
         .at("/openapi.json", spec)
+        .at("/metrics", poem::get(metrics::render))
         .nest("/docs", docs)
         .nest("/", api.into_endpoint())
         .around(limit_body_size)
         .data(state)
         .catch_all_error(errors::to_json)
         .with(CatchPanic::new())
-        .around(request_id::with_request_id)
+        .around(move |next, request| request_id::with_request_id(next, request, routes.clone()))
         .around(move |next, request| protection::protect(next, request, cors.clone()))
 }
 

@@ -122,7 +122,7 @@ impl RateLimiter {
         let next = arrival + self.interval;
         let ahead = next.duration_since(now);
         if ahead > self.window {
-            return Verdict::Limited(ahead - self.window);
+            return Verdict::Limited(ahead.saturating_sub(self.window));
         }
         cells.arrival.insert(subject.to_owned(), next);
         Verdict::Allowed

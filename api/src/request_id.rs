@@ -4,6 +4,8 @@
 use poem::{Endpoint, IntoResponse, Request, Response, Result};
 use tracing::Instrument as _;
 
+use crate::metrics::Routes;
+
 /// The header carrying the id, both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -16,7 +18,7 @@ fn acceptable(id: &str) -> bool {
 }
 
 /// Middleware function: wraps every request in a span with its id and echoes the id back.
-pub(crate) async fn with_request_id<E: Endpoint>(next: E, mut request: Request) -> Result<Response> {
+pub(crate) async fn with_request_id<E: Endpoint>(next: E, mut request: Request, routes: Routes) -> Result<Response> {
     let id = request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -26,6 +28,8 @@ pub(crate) async fn with_request_id<E: Endpoint>(next: E, mut request: Request) 
     request.extensions_mut().insert(RequestId(id.clone()));
     let span =
         tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let method = request.method().to_string();
+    let route = routes.label(request.uri().path());
     let result = async {
         let started = std::time::Instant::now();
         let result = next.call(request).await;
@@ -33,7 +37,9 @@ pub(crate) async fn with_request_id<E: Endpoint>(next: E, mut request: Request) 
             Ok(response) => response.into_response(),
             Err(error) => error.into_response(),
         };
-        tracing::info!(status = response.status().as_u16(), duration_ms = started.elapsed().as_millis(), "answered");
+        let elapsed = started.elapsed();
+        tracing::info!(status = response.status().as_u16(), duration_ms = elapsed.as_millis(), "answered");
+        crate::metrics::observe_request(&method, route, response.status().as_u16(), elapsed);
         response
     }
     .instrument(span)

@@ -257,7 +257,10 @@ impl AdminApi {
         state.store.create_account(&id).await?;
         let details = serde_json::json!({"amountMillicredits": request.amount_millicredits});
         let record = audit(&auth.0, "ledger.adjust", id.as_str(), posting.reason.as_deref(), &details);
-        let (entry, replayed) = match state.store.post_with_audit(&posting, Some(&record)).await? {
+        let outcome = state.store.post_with_audit(&posting, Some(&record)).await.inspect_err(|_| {
+            metrics::counter!(crate::metrics::LEDGER_WRITE_FAILURES).increment(1);
+        })?;
+        let (entry, replayed) = match outcome {
             PostingOutcome::Created(entry) => (entry, false),
             PostingOutcome::Exists(entry) => (entry, true),
             PostingOutcome::ExistsWithDifferentContent(_) => {

@@ -131,8 +131,14 @@ impl UsageApi {
             spend_cap,
         };
         posting.validate().map_err(|invalid| ApiError::invalid(invalid.to_string()))?;
-        let (entry, replayed) = match store.post(&posting).await? {
-            PostingOutcome::Created(entry) => (entry, false),
+        let outcome = store.post(&posting).await.inspect_err(|_| {
+            metrics::counter!(crate::metrics::LEDGER_WRITE_FAILURES).increment(1);
+        })?;
+        let (entry, replayed) = match outcome {
+            PostingOutcome::Created(entry) => {
+                metrics::counter!(crate::metrics::RECONCILE_DEBITS).increment(1);
+                (entry, false)
+            }
             PostingOutcome::Exists(entry) => (entry, true),
             // Same body, priced again under a newer rate card: still a replay of the first request.
             PostingOutcome::ExistsWithDifferentContent(entry) if entry.source_ref.as_deref() == Some(&fingerprint) => {
@@ -143,6 +149,7 @@ impl UsageApi {
                 return Err(ApiError::Conflict(Json(ErrorBody::new("idempotency_conflict", message))));
             }
             PostingOutcome::InsufficientFunds { balance, shortfall } => {
+                metrics::counter!(crate::metrics::RECONCILE_INSUFFICIENT_FUNDS).increment(1);
                 let mut body = ErrorBody::new("insufficient_funds", "the balance does not cover this charge");
                 body.required_additional_millicredits = Some(shortfall.get());
                 body.required_additional_credits = Some(credits(shortfall));

@@ -82,3 +82,40 @@ async fn the_openapi_document_describes_every_route_the_app_serves() {
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.expect("html").contains("swagger"), "Swagger UI is served at /docs");
 }
+
+#[tokio::test]
+async fn metrics_count_debits_refusals_and_time_requests_by_route() {
+    let app = TestApp::on(TestBackend::Sqlite).await;
+    app.fund("m", 2_000).await;
+    let token = TestApp::token("m", "customer");
+    let usage = |key: &str, tokens: u64| serde_json::json!({"idempotencyKey": key, "model": "gpt-4o", "usage": {"input_tokens": tokens}});
+    assert_eq!(app.reconcile(&token, &usage("a", 400)).await.status(), 200);
+    assert_eq!(app.reconcile(&token, &usage("a", 400)).await.status(), 200, "a replay is not a second debit");
+    assert_eq!(app.reconcile(&token, &usage("b", 4_000)).await.status(), 402);
+    let admin = TestApp::token("ops", "admin");
+    let freeze = app.client.post(app.url("/api/admin/accounts/acct_777/freeze")).bearer_auth(&admin);
+    assert_eq!(freeze.json(&serde_json::json!({"reason": "x"})).send().await.expect("ok").status(), 404);
+
+    let response = app.client.get(app.url("/metrics")).send().await.expect("answered");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().expect("ascii").starts_with("text/plain"));
+    let text = response.text().await.expect("text");
+    // Counters here are small whole numbers, which Prometheus text writes exactly.
+    let value = |series: &str| -> u64 {
+        text.lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+    };
+    assert_eq!(value("billing_reconcile_debits_total"), 1);
+    assert_eq!(value("billing_reconcile_insufficient_funds_total"), 1);
+    let reconcile_402 =
+        r#"http_server_request_duration_seconds_count{method="POST",route="/api/usage/reconcile",status="402"}"#;
+    assert_eq!(value(reconcile_402), 1);
+    assert!(
+        text.contains(r#"route="/api/admin/accounts/{account_id}/freeze",status="404""#),
+        "templated route: {text}"
+    );
+    assert!(!text.contains("acct_777"), "raw ids never become labels");
+}

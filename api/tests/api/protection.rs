@@ -13,9 +13,9 @@ fn redis_url() -> String {
 
 async fn redis_limiter() -> RateLimiter {
     let url = redis_url();
-    RateLimiter::redis(&url, 100)
-        .await
-        .unwrap_or_else(|error| panic!("cannot reach the test Redis at {url} ({error}); run scripts/test, which starts it"))
+    RateLimiter::redis(&url, 100).await.unwrap_or_else(|error| {
+        panic!("cannot reach the test Redis at {url} ({error}); run scripts/test, which starts it")
+    })
 }
 
 /// Sends `count` balance requests as `subject` to `app`, returning the statuses.

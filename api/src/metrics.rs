@@ -1,0 +1,117 @@
+//! Prometheus metrics at `GET /metrics`: request durations by route and status, and the billing counters operators
+//! alert on. The route label is the OpenAPI path template (`/api/admin/accounts/{account_id}/freeze`), never the raw
+//! path, so account ids cannot blow up the number of series.
+//!
+//! `/metrics` is not authenticated (scrapers rarely carry tokens) and is not in the OpenAPI document: expose it on
+//! the internal network only.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use poem::handler;
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+
+/// Debits written by reconcile (replays not counted).
+pub(crate) const RECONCILE_DEBITS: &str = "billing_reconcile_debits_total";
+/// Reconcile requests refused with 402.
+pub(crate) const RECONCILE_INSUFFICIENT_FUNDS: &str = "billing_reconcile_insufficient_funds_total";
+/// Postings that failed with a storage error (not a refusal).
+pub(crate) const LEDGER_WRITE_FAILURES: &str = "billing_ledger_write_failures_total";
+/// Request durations, by `method`, `route` and `status`.
+pub(crate) const REQUEST_DURATION: &str = "http_server_request_duration_seconds";
+
+const DURATION_BUCKETS_SECONDS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// The process-wide recorder; installed on first use (a process has one metrics registry).
+pub(crate) fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_owned()), &DURATION_BUCKETS_SECONDS)
+            .map(PrometheusBuilder::build_recorder);
+        match recorder {
+            Ok(recorder) => {
+                let handle = recorder.handle();
+                if metrics::set_global_recorder(recorder).is_err() {
+                    tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+                }
+                metrics::describe_counter!(RECONCILE_DEBITS, "Usage debits written by POST /api/usage/reconcile");
+                metrics::describe_counter!(RECONCILE_INSUFFICIENT_FUNDS, "Reconcile requests refused for funds (402)");
+                metrics::describe_counter!(LEDGER_WRITE_FAILURES, "Ledger postings that failed with a storage error");
+                metrics::describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "HTTP request durations");
+                handle
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot build the metrics recorder");
+                PrometheusBuilder::new().build_recorder().handle()
+            }
+        }
+    })
+}
+
+/// `GET /metrics`.
+#[handler]
+pub(crate) fn render() -> Response {
+    (StatusCode::OK, handle().render()).with_content_type("text/plain; version=0.0.4; charset=utf-8").into_response()
+}
+
+/// Matches request paths to the OpenAPI path templates.
+#[derive(Clone, Debug)]
+pub(crate) struct Routes(std::sync::Arc<Vec<Vec<String>>>);
+
+impl Routes {
+    /// Reads the templates from the OpenAPI document.
+    pub(crate) fn from_spec(spec: &str) -> Self {
+        let document: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let mut templates: Vec<Vec<String>> = document["paths"]
+            .as_object()
+            .map(|paths| paths.keys().map(|path| split(path)).collect())
+            .unwrap_or_default();
+        templates.extend([split("/openapi.json"), split("/metrics")]);
+        Self(std::sync::Arc::new(templates))
+    }
+
+    /// The template `path` matches, `/docs` for the documentation, or `unmatched`.
+    pub(crate) fn label(&self, path: &str) -> String {
+        if path == "/docs" || path.starts_with("/docs/") {
+            return "/docs".to_owned();
+        }
+        let segments = split(path);
+        let matches = |template: &&Vec<String>| {
+            template.len() == segments.len()
+                && template.iter().zip(&segments).all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
+        };
+        self.0
+            .iter()
+            .find(matches)
+            .map_or_else(|| "unmatched".to_owned(), |template| format!("/{}", template.join("/")))
+    }
+}
+
+fn split(path: &str) -> Vec<String> {
+    path.split('/').filter(|segment| !segment.is_empty()).map(str::to_owned).collect()
+}
+
+/// Records one request's duration.
+pub(crate) fn observe_request(method: &str, route: String, status: u16, elapsed: Duration) {
+    let labels = [("method", method.to_owned()), ("route", route), ("status", status.to_string())];
+    metrics::histogram!(REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_their_templates() {
+        let spec = r#"{"paths": {"/api/balance": {}, "/api/admin/accounts/{account_id}/freeze": {}}}"#;
+        let routes = Routes::from_spec(spec);
+        assert_eq!(routes.label("/api/balance"), "/api/balance");
+        assert_eq!(routes.label("/api/admin/accounts/acct_9/freeze"), "/api/admin/accounts/{account_id}/freeze");
+        assert_eq!(routes.label("/api/admin/accounts/acct_9/steal"), "unmatched");
+        assert_eq!(routes.label("/docs/index.css"), "/docs");
+        assert_eq!(routes.label("/metrics"), "/metrics");
+    }
+}
