@@ -41,6 +41,8 @@ pub(crate) enum Command {
     /// Only for the embedded setup with no auth key configured, where `serve` runs in dev mode and accepts these
     /// tokens. Example: curl -H "Authorization: Bearer $(creditflow token --sub alice --role customer)" ...
     Token(TokenArgs),
+    /// Print the API's OpenAPI document (JSON), as served at /openapi.json.
+    Openapi,
     /// Print the effective configuration (defaults, file and environment merged; passwords redacted) and exit.
     ///
     /// Fails with a message naming the bad key when the configuration is invalid, so it doubles as a check.

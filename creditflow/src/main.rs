@@ -15,6 +15,10 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        println!("{}", creditflow_api::openapi_json());
+        return ExitCode::SUCCESS;
+    }
     let loaded = match config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -28,7 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Token(args) => return token::print(&loaded, args),
-        Command::Serve | Command::Migrate => {}
+        Command::Serve | Command::Migrate | Command::Openapi => {}
     }
     logging::init(&loaded.config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -42,7 +46,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve::serve(&loaded).await,
             Command::Migrate => serve::migrate(&loaded).await,
-            Command::Config | Command::Token(_) => Ok(()),
+            Command::Config | Command::Token(_) | Command::Openapi => Ok(()),
         }
     });
     match result {

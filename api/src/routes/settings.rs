@@ -37,9 +37,8 @@ pub(crate) struct Settings {
     email: Option<String>,
     /// Email once when the balance falls under this, in millicredits.
     low_balance_threshold_millicredits: Option<i64>,
-    /// Automatic top-ups.
-    #[oai(default)]
-    autoreload: AutoreloadSettings,
+    /// Automatic top-ups (off when absent).
+    autoreload: Option<AutoreloadSettings>,
     /// The most usage debited per UTC day, in millicredits; reconcile answers 403 `daily_spend_cap_exceeded` past it.
     daily_spend_cap_millicredits: Option<i64>,
 }
@@ -49,12 +48,12 @@ impl From<AccountSettings> for Settings {
         Self {
             email: settings.email,
             low_balance_threshold_millicredits: settings.low_balance_threshold.map(Millicredits::get),
-            autoreload: AutoreloadSettings {
+            autoreload: Some(AutoreloadSettings {
                 enabled: settings.autoreload.enabled,
                 threshold_millicredits: settings.autoreload.threshold.map(Millicredits::get),
                 pack: settings.autoreload.pack,
                 monthly_cap_usd_cents: settings.autoreload.monthly_cap_usd_cents,
-            },
+            }),
             daily_spend_cap_millicredits: settings.daily_spend_cap.map(Millicredits::get),
         }
     }
@@ -62,14 +61,15 @@ impl From<AccountSettings> for Settings {
 
 impl From<Settings> for AccountSettings {
     fn from(settings: Settings) -> Self {
+        let autoreload = settings.autoreload.unwrap_or_default();
         Self {
             email: settings.email.map(|email| email.trim().to_owned()),
             low_balance_threshold: settings.low_balance_threshold_millicredits.map(Millicredits::new),
             autoreload: Autoreload {
-                enabled: settings.autoreload.enabled,
-                threshold: settings.autoreload.threshold_millicredits.map(Millicredits::new),
-                pack: settings.autoreload.pack,
-                monthly_cap_usd_cents: settings.autoreload.monthly_cap_usd_cents,
+                enabled: autoreload.enabled,
+                threshold: autoreload.threshold_millicredits.map(Millicredits::new),
+                pack: autoreload.pack,
+                monthly_cap_usd_cents: autoreload.monthly_cap_usd_cents,
             },
             daily_spend_cap: settings.daily_spend_cap_millicredits.map(Millicredits::new),
         }
