@@ -16,6 +16,7 @@ mod protection;
 mod request_id;
 mod routes;
 mod security;
+mod stripe_signature;
 
 use std::sync::Arc;
 
@@ -32,6 +33,8 @@ pub use errors::{ApiError, ErrorBody};
 pub use limits::{RateLimiter, Verdict};
 pub use protection::CorsAllowlist;
 pub use request_id::{REQUEST_ID_HEADER, RequestId};
+pub use routes::webhooks::StripeWebhookSettings;
+pub use stripe_signature::{SignatureError, sign as sign_stripe_payload, verify as verify_stripe_signature};
 
 /// Largest request body accepted (1 MiB); larger bodies get 413 `payload_too_large`.
 pub const BODY_SIZE_MAX_BYTES: usize = 1 << 20;
@@ -49,6 +52,8 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     /// Origins allowed to call from a browser.
     pub cors: CorsAllowlist,
+    /// Stripe webhook verification.
+    pub stripe: StripeWebhookSettings,
 }
 
 type Operations = (
@@ -90,6 +95,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     Route::new()
         .at("/openapi.json", spec)
         .at("/metrics", poem::get(metrics::render))
+        .at("/webhooks/stripe", poem::post(routes::webhooks::stripe))
         .nest("/docs", docs)
         .nest("/", api.into_endpoint())
         .around(limit_body_size)

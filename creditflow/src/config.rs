@@ -63,6 +63,24 @@ pub(crate) struct Config {
     pub(crate) dev_key_file: PathBuf,
     /// Token verification (`[auth]`; `CREDITFLOW_AUTH__ISSUER` and so on).
     pub(crate) auth: AuthSettings,
+    /// Stripe (`[stripe]`; `CREDITFLOW_STRIPE__WEBHOOK_SECRET` and so on).
+    pub(crate) stripe: StripeSettings,
+}
+
+/// Stripe settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct StripeSettings {
+    /// The webhook endpoint's signing secret (`whsec_...`); Stripe events are refused until it is set.
+    pub(crate) webhook_secret: Option<String>,
+    /// Largest accepted clock difference for a webhook signature, in seconds.
+    pub(crate) webhook_tolerance_seconds: i64,
+}
+
+impl Default for StripeSettings {
+    fn default() -> Self {
+        Self { webhook_secret: None, webhook_tolerance_seconds: 300 }
+    }
 }
 
 impl Default for Config {
@@ -82,6 +100,7 @@ impl Default for Config {
             cors_allowed_origins: Vec::new(),
             dev_key_file: PathBuf::from("creditflow-dev-key.pem"),
             auth: AuthSettings::default(),
+            stripe: StripeSettings::default(),
         }
     }
 }
@@ -190,6 +209,12 @@ fn validate(config: Config) -> Result<Loaded, ConfigError> {
     if config.redis_url.as_deref().is_some_and(|url| !redis_schemes.iter().any(|scheme| url.starts_with(scheme))) {
         return Err(invalid("redis_url", "use redis://HOST:PORT or rediss://HOST:PORT"));
     }
+    if config.stripe.webhook_secret.as_deref().is_some_and(|secret| !secret.starts_with("whsec_")) {
+        return Err(invalid("stripe.webhook_secret", "a Stripe webhook secret starts with `whsec_`"));
+    }
+    if !(1..=3_600).contains(&config.stripe.webhook_tolerance_seconds) {
+        return Err(invalid("stripe.webhook_tolerance_seconds", "must be 1 to 3600"));
+    }
     if config.rate_limit_per_minute == 0 {
         return Err(invalid("rate_limit_per_minute", "must be at least 1"));
     }
@@ -240,6 +265,9 @@ impl Config {
         let mut shown = self.clone();
         shown.database_url = creditflow_store::redact_url(&shown.database_url);
         shown.redis_url = shown.redis_url.as_deref().map(creditflow_store::redact_url);
+        if shown.stripe.webhook_secret.is_some() {
+            shown.stripe.webhook_secret = Some("whsec_***".to_owned());
+        }
         toml::to_string(&shown).unwrap_or_else(|error| format!("# cannot render the configuration: {error}\n"))
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use std::sync::Arc;
 
-use creditflow_api::{AppState, Authenticator, CorsAllowlist, DevKey, RateLimiter, app};
+use creditflow_api::{AppState, Authenticator, CorsAllowlist, DevKey, RateLimiter, StripeWebhookSettings, app};
 use creditflow_store::{NewAuditRecord, RateCardAdded, Store};
 use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
@@ -68,7 +68,16 @@ pub(crate) async fn serve(loaded: &Loaded) -> anyhow::Result<()> {
         packs: Arc::new(loaded.packs.clone()),
         limiter: Arc::new(limiter),
         cors: CorsAllowlist::new(config.cors_allowed_origins.iter().cloned()),
+        stripe: StripeWebhookSettings {
+            secret: config.stripe.webhook_secret.clone(),
+            tolerance_seconds: config.stripe.webhook_tolerance_seconds,
+        },
     };
+    if config.stripe.webhook_secret.is_none() {
+        tracing::warn!(
+            "Stripe is not configured: POST /webhooks/stripe answers 503 until stripe.webhook_secret is set"
+        );
+    }
     Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app(state), shutdown_signal(), Some(grace)).await?;
     store.close().await;
     tracing::info!("creditflow stopped");

@@ -6,6 +6,7 @@ pub(crate) mod admin;
 pub(crate) mod probes;
 pub(crate) mod settings;
 pub(crate) mod usage;
+pub(crate) mod webhooks;
 
 use creditflow_domain::{Entry, Millicredits};
 use poem_openapi::{Object, Tags};

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use creditflow_api::{AppState, AuthSettings, Authenticator, CorsAllowlist, RateLimiter, app};
+use creditflow_api::{AppState, AuthSettings, Authenticator, CorsAllowlist, RateLimiter, StripeWebhookSettings, app};
 use creditflow_domain::{
     AccountId, EntryKind, Millicredits, Overdraft, PackCatalog, Posting, PostingOutcome, RateCard,
 };
@@ -16,6 +16,7 @@ use tokio::sync::RwLock;
 
 pub(crate) const ISSUER: &str = "https://issuer.test/";
 pub(crate) const AUDIENCE: &str = "creditflow-test";
+pub(crate) const WEBHOOK_SECRET: &str = "whsec_test_secret";
 
 pub(crate) const CEIL_CARD: &str = "version = \"v1\"\nrounding = \"ceil\"\n[models.\"gpt-4o\"]\n\
     input_tokens = \"0.0025\"\noutput_tokens = \"0.01\"\n";
@@ -202,6 +203,7 @@ impl TestApp {
             packs: Arc::new(packs),
             limiter: Arc::new(limiter),
             cors: CorsAllowlist::new(["https://app.example.com".to_owned()]),
+            stripe: StripeWebhookSettings { secret: Some(WEBHOOK_SECRET.to_owned()), tolerance_seconds: 300 },
         };
         let app = Self { base: serve(app(state)).await, client: reqwest::Client::new(), store, database };
         app.add_and_activate(CEIL_CARD).await;

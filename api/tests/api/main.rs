@@ -7,3 +7,4 @@ mod ledger;
 mod probes;
 mod protection;
 mod reconcile;
+mod webhooks;

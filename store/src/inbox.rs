@@ -1,0 +1,91 @@
+//! The Stripe event inbox and the outbox.
+//!
+//! A received event is stored once (by its Stripe id) and, in the same transaction, an outbox row asks for it to be
+//! processed. A crash after the commit loses nothing (the outbox row waits to be relayed to the job queue); a
+//! rollback leaves no job behind; a redelivery of the event finds it stored and adds no second job.
+
+use crate::{Store, StoreError, Timestamp, on_backend};
+
+/// The queue that processes received Stripe events.
+pub const STRIPE_EVENTS_QUEUE: &str = "stripe_events";
+
+/// A Stripe event as received, already verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedEvent<'a> {
+    /// Stripe's event id (`evt_...`).
+    pub id: &'a str,
+    /// Its type (`payment_intent.succeeded`...).
+    pub event_type: &'a str,
+    /// Live or test mode.
+    pub livemode: bool,
+    /// The body exactly as Stripe sent it.
+    pub payload: &'a str,
+}
+
+/// Whether an event was new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Stored, and its processing recorded in the outbox.
+    New,
+    /// Already stored: nothing changed.
+    Duplicate,
+}
+
+/// A row of the outbox.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxMessage {
+    /// Position in the outbox.
+    pub id: i64,
+    /// The queue it is for.
+    pub queue: String,
+    /// The job payload (JSON).
+    pub payload: String,
+}
+
+impl Store {
+    /// Stores a verified Stripe event once and records its processing in the outbox, in one transaction.
+    pub async fn receive_stripe_event(&self, event: &ReceivedEvent<'_>) -> Result<Received, StoreError> {
+        let now = Timestamp::now();
+        let insert = "INSERT INTO stripe_events (id, type, livemode, payload, received_at) VALUES ($1, $2, $3, $4, $5) \
+                      ON CONFLICT (id) DO NOTHING";
+        let job = serde_json::json!({"kind": "process_stripe_event", "version": 1, "eventId": event.id}).to_string();
+        on_backend!(write self, |tx, _dialect| {
+            let inserted = sqlx::query(insert)
+                .bind(event.id)
+                .bind(event.event_type)
+                .bind(event.livemode)
+                .bind(event.payload)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if inserted == 0 {
+                return Ok(Received::Duplicate);
+            }
+            sqlx::query("INSERT INTO outbox (queue, payload, created_at) VALUES ($1, $2, $3)")
+                .bind(STRIPE_EVENTS_QUEUE)
+                .bind(job.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Received::New)
+        })
+    }
+
+    /// A stored Stripe event's type and payload.
+    pub async fn stripe_event(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let sql = "SELECT type, payload FROM stripe_events WHERE id = $1";
+        let row: Option<(String, String)> =
+            on_backend!(self, |pool, _dialect| sqlx::query_as(sql).bind(id).fetch_optional(pool).await?);
+        Ok(row)
+    }
+
+    /// Outbox messages not yet relayed, oldest first.
+    pub async fn unrelayed_outbox(&self, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
+        let sql = "SELECT id, queue, payload FROM outbox WHERE relayed_at IS NULL ORDER BY id LIMIT $1";
+        let rows: Vec<OutboxMessage> =
+            on_backend!(self, |pool, _dialect| sqlx::query_as(sql).bind(limit).fetch_all(pool).await?);
+        Ok(rows)
+    }
+}
