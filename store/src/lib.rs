@@ -12,6 +12,7 @@ mod connect;
 mod error;
 mod inbox;
 mod posting;
+mod purchases;
 mod rate_cards;
 mod rows;
 mod settings;
@@ -25,6 +26,7 @@ pub use connect::redact_url;
 pub use error::StoreError;
 pub use inbox::{OutboxMessage, Received, ReceivedEvent, STRIPE_EVENTS_QUEUE};
 pub use posting::LedgerTotals;
+pub use purchases::{Purchase, PurchaseStatus};
 pub use rate_cards::{RateCardAdded, RateCardSummary, Rollout, StoredRateCard};
 pub use timestamp::Timestamp;
 

@@ -1,0 +1,184 @@
+//! Processing received Stripe events: purchase fulfilment.
+//!
+//! A pack is credited exactly once per payment, whichever events announce it and however often: the ledger credit's
+//! idempotency key is `payment:<PaymentIntent id>`, shared by `payment_intent.succeeded` and
+//! `checkout.session.completed`. The PaymentIntent (or Checkout Session) carries the account and the pack in its
+//! metadata, `creditflow_account_id` and `creditflow_pack_id`, as `POST /api/purchases` sets them.
+//!
+//! Handled: `payment_intent.succeeded`, `checkout.session.completed` (credit), `payment_intent.payment_failed`
+//! (recorded). Every other type is acknowledged and left alone.
+
+use creditflow_domain::{AccountId, EntryKind, Overdraft, PackCatalog, Posting, PostingOutcome};
+use creditflow_store::{Purchase, PurchaseStatus, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::JobError;
+
+/// Metadata key naming the account a payment is for.
+pub const ACCOUNT_METADATA_KEY: &str = "creditflow_account_id";
+/// Metadata key naming the pack a payment buys.
+pub const PACK_METADATA_KEY: &str = "creditflow_pack_id";
+
+/// Process one stored Stripe event (queue `stripe_events`, written by the webhook receiver). Never rename.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessStripeEventV1 {
+    /// The Stripe event id (`evt_...`).
+    pub event_id: String,
+}
+
+/// What processing did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Processed {
+    /// The pack was credited now (the ledger entry id).
+    Credited(String),
+    /// The payment had been credited before: nothing changed.
+    AlreadyCredited(String),
+    /// A failed or unfinished payment was recorded.
+    Recorded(PurchaseStatus),
+    /// An event type creditflow does not act on.
+    Ignored(String),
+}
+
+/// What the handler needs.
+#[derive(Clone, Debug)]
+pub struct Deps {
+    /// The ledger store.
+    pub store: Store,
+    /// The packs on sale.
+    pub packs: std::sync::Arc<PackCatalog>,
+}
+
+/// A payment as the events describe it.
+struct Payment<'a> {
+    intent_id: &'a str,
+    amount_cents: i64,
+    currency: &'a str,
+    metadata: &'a Value,
+}
+
+/// Processes one stored event. Idempotent.
+pub async fn process_stripe_event(job: &ProcessStripeEventV1, deps: &Deps) -> Result<Processed, JobError> {
+    let Some((event_type, payload)) = deps.store.stripe_event(&job.event_id).await? else {
+        return Err(JobError::Permanent(format!("no stored Stripe event {}", job.event_id)));
+    };
+    let event: Value = serde_json::from_str(&payload)
+        .map_err(|error| JobError::Permanent(format!("event {} is not JSON: {error}", job.event_id)))?;
+    let object = &event["data"]["object"];
+    let text = |value: &Value, field: &str| -> Result<String, JobError> {
+        value[field].as_str().map(str::to_owned).ok_or_else(|| {
+            JobError::Permanent(format!("event {} ({event_type}) lacks data.object.{field}", job.event_id))
+        })
+    };
+    match event_type.as_str() {
+        "payment_intent.succeeded" => {
+            let id = text(object, "id")?;
+            let amount = object["amount_received"].as_i64().or_else(|| object["amount"].as_i64()).unwrap_or(0);
+            let currency = text(object, "currency")?;
+            let payment =
+                Payment { intent_id: &id, amount_cents: amount, currency: &currency, metadata: &object["metadata"] };
+            fulfil(&payment, deps).await
+        }
+        "checkout.session.completed" => {
+            if object["payment_status"].as_str() != Some("paid") {
+                return Ok(Processed::Ignored("checkout session not paid yet".to_owned()));
+            }
+            let id = text(object, "payment_intent")?;
+            let currency = text(object, "currency")?;
+            let amount = object["amount_total"].as_i64().unwrap_or(0);
+            let payment =
+                Payment { intent_id: &id, amount_cents: amount, currency: &currency, metadata: &object["metadata"] };
+            fulfil(&payment, deps).await
+        }
+        "payment_intent.payment_failed" => {
+            let id = text(object, "id")?;
+            let currency = text(object, "currency")?;
+            let amount = object["amount"].as_i64().unwrap_or(0);
+            let payment =
+                Payment { intent_id: &id, amount_cents: amount, currency: &currency, metadata: &object["metadata"] };
+            let (account_id, pack_id) = buyer(&payment)?;
+            let reason = object["last_payment_error"]["message"].as_str().unwrap_or("payment failed");
+            deps.store.create_account(&account_id).await?;
+            let purchase = purchase(&payment, account_id, pack_id, PurchaseStatus::Failed, None, Some(reason));
+            deps.store.record_purchase(&purchase).await?;
+            Ok(Processed::Recorded(PurchaseStatus::Failed))
+        }
+        other => Ok(Processed::Ignored(other.to_owned())),
+    }
+}
+
+fn buyer(payment: &Payment<'_>) -> Result<(AccountId, String), JobError> {
+    let field = |key: &str| payment.metadata[key].as_str().map(str::to_owned);
+    let (Some(account), Some(pack)) = (field(ACCOUNT_METADATA_KEY), field(PACK_METADATA_KEY)) else {
+        return Err(JobError::Permanent(format!(
+            "payment {} has no {ACCOUNT_METADATA_KEY}/{PACK_METADATA_KEY} metadata: not a creditflow purchase",
+            payment.intent_id
+        )));
+    };
+    let account = AccountId::new(account)
+        .map_err(|_| JobError::Permanent(format!("payment {}: bad account id in metadata", payment.intent_id)))?;
+    Ok((account, pack))
+}
+
+fn purchase(
+    payment: &Payment<'_>,
+    account_id: AccountId,
+    pack_id: String,
+    status: PurchaseStatus,
+    ledger_entry_id: Option<String>,
+    last_error: Option<&str>,
+) -> Purchase {
+    Purchase {
+        payment_intent_id: payment.intent_id.to_owned(),
+        account_id,
+        pack_id,
+        amount_usd_cents: payment.amount_cents,
+        currency: payment.currency.to_owned(),
+        status,
+        ledger_entry_id,
+        last_error: last_error.map(str::to_owned),
+    }
+}
+
+/// Credits the pack for a paid payment, once.
+async fn fulfil(payment: &Payment<'_>, deps: &Deps) -> Result<Processed, JobError> {
+    let (account_id, pack_id) = buyer(payment)?;
+    let Some(pack) = deps.packs.get(&pack_id) else {
+        return Err(JobError::Permanent(format!("payment {} is for unknown pack {pack_id}", payment.intent_id)));
+    };
+    if payment.currency != "usd" || payment.amount_cents < pack.price_usd_cents {
+        return Err(JobError::Permanent(format!(
+            "payment {} paid {} {} for pack {pack_id} priced {} usd cents: an operator must look",
+            payment.intent_id, payment.amount_cents, payment.currency, pack.price_usd_cents
+        )));
+    }
+    deps.store.create_account(&account_id).await?;
+    let posting = Posting {
+        account_id: account_id.clone(),
+        kind: EntryKind::PurchaseCredit,
+        amount: pack.grant,
+        idempotency_key: format!("payment:{}", payment.intent_id),
+        correlation_id: None,
+        rate_version: None,
+        source_ref: Some(payment.intent_id.to_owned()),
+        reason: None,
+        overdraft: Overdraft::Forbid,
+        spend_cap: None,
+    };
+    let (entry, fresh) = match deps.store.post(&posting).await? {
+        PostingOutcome::Created(entry) => (entry, true),
+        PostingOutcome::Exists(entry) => (entry, false),
+        other => {
+            return Err(JobError::Permanent(format!("crediting payment {} gave {other:?}", payment.intent_id)));
+        }
+    };
+    let record = purchase(payment, account_id, pack_id, PurchaseStatus::Succeeded, Some(entry.id.clone()), None);
+    deps.store.record_purchase(&record).await?;
+    if fresh {
+        tracing::info!(payment = payment.intent_id, entry = %entry.id, "purchase credited");
+        Ok(Processed::Credited(entry.id))
+    } else {
+        Ok(Processed::AlreadyCredited(entry.id))
+    }
+}

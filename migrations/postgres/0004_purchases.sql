@@ -1,0 +1,16 @@
+-- Purchases: one row per Stripe PaymentIntent, following its state; the ledger credit is separate and exactly once.
+-- Keep in step with ../sqlite/0004_purchases.sql.
+
+CREATE TABLE purchases (
+    payment_intent_id TEXT PRIMARY KEY,
+    account_id        TEXT NOT NULL REFERENCES accounts (id),
+    pack_id           TEXT NOT NULL,
+    amount_usd_cents  BIGINT NOT NULL,
+    currency          TEXT NOT NULL,
+    status            TEXT NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+    ledger_entry_id   TEXT REFERENCES ledger_entries (id),
+    last_error        TEXT,
+    created_at        TIMESTAMPTZ NOT NULL,
+    updated_at        TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX purchases_account ON purchases (account_id, created_at);
