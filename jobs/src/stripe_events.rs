@@ -6,10 +6,14 @@
 //! metadata, `creditflow_account_id` and `creditflow_pack_id`, as `POST /api/purchases` sets them.
 //!
 //! Handled: `payment_intent.succeeded`, `checkout.session.completed` (credit), `payment_intent.payment_failed`
-//! (recorded). Every other type is acknowledged and left alone.
+//! (recorded), `charge.refunded` (debits the refunded share of the pack's credits; may take the balance below zero,
+//! which is flagged in the audit log), `charge.dispute.created` (freezes the account when `freeze_on_dispute`, and
+//! records the dispute in the audit log for operators). Every other type is acknowledged and left alone.
 
-use creditflow_domain::{AccountId, EntryKind, Overdraft, PackCatalog, Posting, PostingOutcome};
-use creditflow_store::{Purchase, PurchaseStatus, Store};
+use creditflow_domain::{
+    AccountId, AccountStatus, EntryKind, Millicredits, Overdraft, PackCatalog, Posting, PostingOutcome,
+};
+use creditflow_store::{NewAuditRecord, Purchase, PurchaseStatus, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -37,6 +41,13 @@ pub enum Processed {
     AlreadyCredited(String),
     /// A failed or unfinished payment was recorded.
     Recorded(PurchaseStatus),
+    /// A refund was debited now (the ledger entry id).
+    Refunded(String),
+    /// A dispute was recorded; the account frozen when so configured.
+    Disputed {
+        /// Whether this event froze the account.
+        froze: bool,
+    },
     /// An event type creditflow does not act on.
     Ignored(String),
 }
@@ -48,6 +59,8 @@ pub struct Deps {
     pub store: Store,
     /// The packs on sale.
     pub packs: std::sync::Arc<PackCatalog>,
+    /// Freeze an account when one of its payments is disputed.
+    pub freeze_on_dispute: bool,
 }
 
 /// A payment as the events describe it.
@@ -104,8 +117,110 @@ pub async fn process_stripe_event(job: &ProcessStripeEventV1, deps: &Deps) -> Re
             deps.store.record_purchase(&purchase).await?;
             Ok(Processed::Recorded(PurchaseStatus::Failed))
         }
+        "charge.refunded" => refund(object, &event["data"]["previous_attributes"], deps).await,
+        "charge.dispute.created" => dispute(object, deps).await,
         other => Ok(Processed::Ignored(other.to_owned())),
     }
+}
+
+/// The purchase a charge belongs to, found through its PaymentIntent.
+async fn purchase_of_charge(object: &Value, deps: &Deps, what: &str) -> Result<Purchase, JobError> {
+    let Some(payment_intent) = object["payment_intent"].as_str() else {
+        return Err(JobError::Permanent(format!("{what} has no payment_intent")));
+    };
+    deps.store.purchase(payment_intent).await?.ok_or_else(|| {
+        JobError::Permanent(format!("{what} is for payment {payment_intent}, which is not a creditflow purchase"))
+    })
+}
+
+/// Millicredits a refund of `refunded_cents` out of `paid_cents` takes back from a `grant`: the same share, rounded
+/// up to the millicredit so no refunded fraction stays spendable.
+fn refunded_share(grant: Millicredits, refunded_cents: i64, paid_cents: i64) -> Option<Millicredits> {
+    if paid_cents <= 0 || refunded_cents < 0 {
+        return None;
+    }
+    let numerator = i128::from(grant.get()).checked_mul(i128::from(refunded_cents.min(paid_cents)))?;
+    let share = numerator.checked_add(i128::from(paid_cents) - 1)? / i128::from(paid_cents);
+    i64::try_from(share).ok().map(Millicredits::new)
+}
+
+async fn refund(charge: &Value, previous: &Value, deps: &Deps) -> Result<Processed, JobError> {
+    let charge_id =
+        charge["id"].as_str().ok_or_else(|| JobError::Permanent("charge.refunded without data.object.id".into()))?;
+    let purchase = purchase_of_charge(charge, deps, &format!("refunded charge {charge_id}")).await?;
+    let Some(pack) = deps.packs.get(&purchase.pack_id) else {
+        return Err(JobError::Permanent(format!("refunded charge {charge_id}: unknown pack {}", purchase.pack_id)));
+    };
+    let paid = charge["amount"].as_i64().unwrap_or(purchase.amount_usd_cents);
+    let refunded_now = charge["amount_refunded"].as_i64().unwrap_or(0);
+    // Stripe reports the cumulative refund; the event's previous value makes the step this event adds.
+    let refunded_before = previous["amount_refunded"].as_i64().unwrap_or(0);
+    let overflow = || JobError::Permanent(format!("refunded charge {charge_id}: amounts out of range"));
+    let debit = refunded_share(pack.grant, refunded_now, paid)
+        .zip(refunded_share(pack.grant, refunded_before, paid))
+        .and_then(|(now, before)| now.checked_sub(before).ok())
+        .ok_or_else(overflow)?;
+    if !debit.is_positive() {
+        return Ok(Processed::Ignored(format!("refund of charge {charge_id} adds nothing")));
+    }
+    let posting = Posting {
+        account_id: purchase.account_id.clone(),
+        kind: EntryKind::RefundDebit,
+        amount: debit.checked_neg().map_err(|_| overflow())?,
+        idempotency_key: format!("refund:{charge_id}:{refunded_now}"),
+        correlation_id: None,
+        rate_version: None,
+        source_ref: Some(charge_id.to_owned()),
+        reason: None,
+        // The money went back already: the credits go too, even if they were spent.
+        overdraft: Overdraft::Allow,
+        spend_cap: None,
+    };
+    let entry = match deps.store.post(&posting).await? {
+        PostingOutcome::Created(entry) | PostingOutcome::Exists(entry) => entry,
+        other => return Err(JobError::Permanent(format!("refund of charge {charge_id} gave {other:?}"))),
+    };
+    if entry.balance_after.is_negative() {
+        let record = NewAuditRecord {
+            actor: "system:stripe".into(),
+            action: "account.flag_negative_balance".into(),
+            subject: purchase.account_id.to_string(),
+            reason: Some(format!("refund of charge {charge_id} left the balance at {} credits", entry.balance_after)),
+            details: serde_json::json!({"entryId": entry.id, "balanceMillicredits": entry.balance_after.get()})
+                .to_string(),
+        };
+        deps.store.append_audit(&record).await?;
+        tracing::warn!(account = %purchase.account_id, entry = %entry.id, "refund left a negative balance");
+    }
+    Ok(Processed::Refunded(entry.id))
+}
+
+async fn dispute(dispute: &Value, deps: &Deps) -> Result<Processed, JobError> {
+    let dispute_id = dispute["id"].as_str().unwrap_or("unknown dispute");
+    let purchase = purchase_of_charge(dispute, deps, &format!("dispute {dispute_id}")).await?;
+    let reason = format!(
+        "dispute {dispute_id} ({}) on payment {}",
+        dispute["reason"].as_str().unwrap_or("no reason given"),
+        purchase.payment_intent_id
+    );
+    let record = |action: &str| NewAuditRecord {
+        actor: "system:stripe".into(),
+        action: action.into(),
+        subject: purchase.account_id.to_string(),
+        reason: Some(reason.clone()),
+        details: serde_json::json!({"disputeId": dispute_id, "paymentIntentId": purchase.payment_intent_id})
+            .to_string(),
+    };
+    tracing::error!(account = %purchase.account_id, dispute = dispute_id, "payment disputed: an operator must look");
+    if deps.freeze_on_dispute {
+        let froze = deps
+            .store
+            .set_account_status(&purchase.account_id, AccountStatus::Frozen, &record("account.freeze"))
+            .await?;
+        return Ok(Processed::Disputed { froze });
+    }
+    deps.store.append_audit(&record("account.dispute")).await?;
+    Ok(Processed::Disputed { froze: false })
 }
 
 fn buyer(payment: &Payment<'_>) -> Result<(AccountId, String), JobError> {
@@ -180,5 +295,28 @@ async fn fulfil(payment: &Payment<'_>, deps: &Deps) -> Result<Processed, JobErro
         Ok(Processed::Credited(entry.id))
     } else {
         Ok(Processed::AlreadyCredited(entry.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refunded_shares_round_up_and_never_exceed_the_grant() {
+        let grant = Millicredits::new(5_000_000);
+        // (refunded cents, paid cents, millicredits taken back)
+        let rows = [
+            (500, 500, 5_000_000),
+            (250, 500, 2_500_000),
+            (1, 500, 10_000),
+            (1, 3, 1_666_667),
+            (900, 500, 5_000_000),
+            (0, 500, 0),
+        ];
+        for (refunded, paid, expected) in rows {
+            assert_eq!(refunded_share(grant, refunded, paid), Some(Millicredits::new(expected)), "{refunded}/{paid}");
+        }
+        assert_eq!(refunded_share(grant, 1, 0), None);
     }
 }

@@ -18,7 +18,7 @@ async fn deps(backend: TestBackend) -> (Deps, TestDatabase) {
         "[[packs]]\nid = \"starter\"\nname = \"Starter\"\nprice_usd_cents = 500\ncredits = 5000\n",
     )
     .expect("packs");
-    (Deps { store, packs: Arc::new(packs) }, database)
+    (Deps { store, packs: Arc::new(packs), freeze_on_dispute: true }, database)
 }
 
 /// Stores an event as the webhook receiver would and returns its job.
@@ -139,4 +139,78 @@ fn the_payload_shape_is_stable() {
     let job: ProcessStripeEventV1 = serde_json::from_str(r#"{"eventId":"evt_1"}"#).expect("parses");
     assert_eq!(job.event_id, "evt_1");
     assert_eq!(serde_json::to_string(&job).expect("json"), r#"{"eventId":"evt_1"}"#);
+}
+
+#[tokio::test]
+async fn refunds_take_back_the_refunded_share_once_and_disputes_freeze() {
+    let (deps, _database) = deps(TestBackend::Postgres).await;
+    let paid = json!({"id": "pi_r", "amount_received": 500, "currency": "usd", "metadata": metadata()});
+    let job = receive(&deps, "evt_paid", "payment_intent.succeeded", paid).await;
+    process_stripe_event(&job, &deps).await.expect("credited");
+    // Alice spends 4,000 of her 5,000 credits.
+    let id = AccountId::new("alice").expect("valid");
+    let spend = creditflow_domain::Posting {
+        account_id: id.clone(),
+        kind: creditflow_domain::EntryKind::Adjustment,
+        amount: Millicredits::new(-4_000_000),
+        idempotency_key: "spend".into(),
+        correlation_id: None,
+        rate_version: None,
+        source_ref: None,
+        reason: Some("usage stand-in".into()),
+        overdraft: creditflow_domain::Overdraft::Forbid,
+        spend_cap: None,
+    };
+    deps.store.post(&spend).await.expect("spent");
+    // A partial refund of $2.50 takes back half the credits; a redelivery changes nothing.
+    let half =
+        json!({"id": "ch_1", "object": "charge", "payment_intent": "pi_r", "amount": 500, "amount_refunded": 250});
+    let partial = receive_with_previous(&deps, "evt_r1", half, 0).await;
+    assert!(matches!(process_stripe_event(&partial, &deps).await.expect("refunded"), Processed::Refunded(_)));
+    process_stripe_event(&partial, &deps).await.expect("again");
+    assert_eq!(balance(&deps, "alice").await, Millicredits::new(-1_500_000), "1,000 left minus 2,500 refunded");
+    // The rest is refunded later: the second event debits only its own step.
+    let full =
+        json!({"id": "ch_1", "object": "charge", "payment_intent": "pi_r", "amount": 500, "amount_refunded": 500});
+    let rest = receive_with_previous(&deps, "evt_r2", full, 250).await;
+    process_stripe_event(&rest, &deps).await.expect("refunded");
+    assert_eq!(balance(&deps, "alice").await, Millicredits::new(-4_000_000));
+    let log = deps.store.audit_log(None, 10).await.expect("log");
+    assert!(
+        log.iter().any(|r| r.action == "account.flag_negative_balance" && r.subject == "alice"),
+        "flagged: {log:?}"
+    );
+
+    let disputed =
+        json!({"id": "dp_1", "object": "dispute", "payment_intent": "pi_r", "charge": "ch_1", "reason": "fraudulent"});
+    let job = receive(&deps, "evt_dp", "charge.dispute.created", disputed).await;
+    assert_eq!(process_stripe_event(&job, &deps).await.expect("disputed"), Processed::Disputed { froze: true });
+    let account = deps.store.account(&id).await.expect("read").expect("exists");
+    assert_eq!(account.status, creditflow_domain::AccountStatus::Frozen);
+    assert_eq!(
+        process_stripe_event(&job, &deps).await.expect("again"),
+        Processed::Disputed { froze: false },
+        "already frozen"
+    );
+    let log = deps.store.audit_log(None, 10).await.expect("log");
+    let freeze = log.iter().find(|r| r.action == "account.freeze").expect("freeze audited");
+    assert_eq!(freeze.actor, "system:stripe");
+    assert!(freeze.reason.as_deref().is_some_and(|reason| reason.contains("dp_1") && reason.contains("fraudulent")));
+}
+
+/// Stores a `charge.refunded` event whose previous cumulative refund was `previous_refunded`.
+async fn receive_with_previous(
+    deps: &Deps,
+    id: &str,
+    charge: serde_json::Value,
+    previous_refunded: i64,
+) -> ProcessStripeEventV1 {
+    let payload = json!({
+        "id": id, "object": "event", "type": "charge.refunded", "livemode": false,
+        "data": {"object": charge, "previous_attributes": {"amount_refunded": previous_refunded}}
+    })
+    .to_string();
+    let event = ReceivedEvent { id, event_type: "charge.refunded", livemode: false, payload: &payload };
+    deps.store.receive_stripe_event(&event).await.expect("stored");
+    ProcessStripeEventV1 { event_id: id.to_owned() }
 }
