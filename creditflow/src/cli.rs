@@ -25,12 +25,16 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run creditflow: the HTTP API on `listen` (GET /health, GET /readyz).
+    /// Run creditflow: the HTTP API on `listen` and the worker pools, in one process.
     ///
     /// On start it applies pending migrations (unless auto_migrate = false), stores the configured rate card and
-    /// activates it when no rate card is active yet. SIGTERM or Ctrl-C stops accepting connections and lets
-    /// requests in flight finish for up to shutdown_grace_seconds.
+    /// activates it when no rate card is active yet. SIGTERM or Ctrl-C stops accepting connections and jobs, and lets
+    /// requests and jobs in flight finish for up to shutdown_grace_seconds.
     Serve,
+    /// Run the worker pools alone: relay the outbox to the job queue and process jobs.
+    ///
+    /// Run as many as you like beside `serve`; SIGTERM or Ctrl-C lets jobs in flight finish.
+    Worker,
     /// Apply pending database migrations, then exit.
     ///
     /// Safe to run again: applied migrations are skipped. Use it before starting new versions when auto_migrate is

@@ -41,6 +41,8 @@ pub(crate) struct Config {
     pub(crate) database_max_connections: u32,
     /// Apply pending migrations when `serve` starts.
     pub(crate) auto_migrate: bool,
+    /// The job queue: `sqlite://PATH` (a file of its own beside the ledger).
+    pub(crate) queue_url: String,
     /// Redis for the job queue and the shared rate limiter in production (`redis://...`); unused until those land.
     pub(crate) redis_url: Option<String>,
     /// Address the HTTP server binds.
@@ -75,11 +77,13 @@ pub(crate) struct StripeSettings {
     pub(crate) webhook_secret: Option<String>,
     /// Largest accepted clock difference for a webhook signature, in seconds.
     pub(crate) webhook_tolerance_seconds: i64,
+    /// Freeze an account when one of its payments is disputed.
+    pub(crate) freeze_on_dispute: bool,
 }
 
 impl Default for StripeSettings {
     fn default() -> Self {
-        Self { webhook_secret: None, webhook_tolerance_seconds: 300 }
+        Self { webhook_secret: None, webhook_tolerance_seconds: 300, freeze_on_dispute: true }
     }
 }
 
@@ -89,6 +93,7 @@ impl Default for Config {
             database_url: "sqlite://creditflow.db".to_owned(),
             database_max_connections: 16,
             auto_migrate: true,
+            queue_url: "sqlite://creditflow-queue.db".to_owned(),
             redis_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             rate_card_file: None,
@@ -201,6 +206,12 @@ fn validate(config: Config) -> Result<Loaded, ConfigError> {
     let url = config.database_url.as_str();
     if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(invalid("database_url", "use sqlite://PATH or postgres://USER@HOST/DATABASE"));
+    }
+    if !config.queue_url.starts_with("sqlite:") || config.queue_url == config.database_url {
+        return Err(invalid(
+            "queue_url",
+            "use sqlite://PATH, a file other than the ledger's (the Redis queue is not built yet)",
+        ));
     }
     if config.database_max_connections == 0 {
         return Err(invalid("database_max_connections", "must be at least 1"));

@@ -7,7 +7,9 @@ use anyhow::Context as _;
 use std::sync::Arc;
 
 use creditflow_api::{AppState, Authenticator, CorsAllowlist, DevKey, RateLimiter, StripeWebhookSettings, app};
+use creditflow_jobs::stripe_events::Deps;
 use creditflow_store::{NewAuditRecord, RateCardAdded, Store};
+use creditflow_workers::{Queues, WorkerSettings};
 use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use time::OffsetDateTime;
@@ -62,6 +64,15 @@ pub(crate) async fn serve(loaded: &Loaded) -> anyhow::Result<()> {
         "creditflow is serving"
     );
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let queues = Queues::open(&config.queue_url).await.context("cannot open the job queue")?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let workers = tokio::spawn(creditflow_workers::run(
+        store.clone(),
+        job_deps(&store, loaded),
+        queues,
+        worker_settings(loaded),
+        wait_for_stop(stopping.clone()),
+    ));
     let state = AppState {
         store: store.clone(),
         auth: Arc::new(auth),
@@ -78,10 +89,65 @@ pub(crate) async fn serve(loaded: &Loaded) -> anyhow::Result<()> {
             "Stripe is not configured: POST /webhooks/stripe answers 503 until stripe.webhook_secret is set"
         );
     }
-    Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app(state), shutdown_signal(), Some(grace)).await?;
+    let on_signal = async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    };
+    Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app(state), on_signal, Some(grace)).await?;
+    match workers.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "the worker pools stopped with an error"),
+        Err(error) => tracing::error!(%error, "the worker pools ended abnormally"),
+    }
     store.close().await;
     tracing::info!("creditflow stopped");
     Ok(())
+}
+
+/// `creditflow worker`.
+pub(crate) async fn worker(loaded: &Loaded) -> anyhow::Result<()> {
+    let store = open_store(loaded).await?;
+    if loaded.config.auto_migrate {
+        store.migrate().await.context("cannot apply migrations")?;
+    }
+    let queues = Queues::open(&loaded.config.queue_url).await.context("cannot open the job queue")?;
+    tracing::info!(backend = store.backend().as_str(), "creditflow worker is running");
+    creditflow_workers::run(
+        store.clone(),
+        job_deps(&store, loaded),
+        queues,
+        worker_settings(loaded),
+        shutdown_signal(),
+    )
+    .await
+    .context("the worker pools stopped with an error")?;
+    store.close().await;
+    tracing::info!("creditflow worker stopped");
+    Ok(())
+}
+
+fn job_deps(store: &Store, loaded: &Loaded) -> Deps {
+    Deps {
+        store: store.clone(),
+        packs: Arc::new(loaded.packs.clone()),
+        freeze_on_dispute: loaded.config.stripe.freeze_on_dispute,
+    }
+}
+
+fn worker_settings(loaded: &Loaded) -> WorkerSettings {
+    WorkerSettings {
+        shutdown_grace: Duration::from_secs(loaded.config.shutdown_grace_seconds),
+        ..WorkerSettings::default()
+    }
+}
+
+/// Resolves once `stopping` turns true (or its sender is gone).
+async fn wait_for_stop(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    while !*stopping.borrow() {
+        if stopping.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The token verifier: the configured key, or in dev mode the local key, announced loudly.

@@ -267,3 +267,92 @@ fn token_refuses_outside_dev_mode_and_dev_mode_never_starts_beside_a_key() {
     let (code, _, stderr) = run(dir.path(), &["token", "--sub", "alice", "--role", "root"], &[]);
     assert_eq!(code, 2, "unknown roles are refused by the parser: {stderr}");
 }
+
+/// A signed `payment_intent.succeeded` for the Starter pack bought by `account`.
+fn starter_purchase_event(id: &str, account: &str) -> String {
+    serde_json::json!({
+        "id": id, "object": "event", "type": "payment_intent.succeeded", "livemode": false,
+        "data": {"object": {"id": format!("pi_{id}"), "amount_received": 500, "currency": "usd",
+            "metadata": {"creditflow_account_id": account, "creditflow_pack_id": "starter"}}}
+    })
+    .to_string()
+}
+
+async fn wait_for_balance(client: &reqwest::Client, base_url: &str, token: &str, account: &str, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let url = format!("{base_url}/api/balance?accountId={account}");
+        if let Ok(response) = client.get(&url).bearer_auth(token).send().await
+            && response.status() == 200
+        {
+            let body: serde_json::Value = response.json().await.expect("json");
+            if body["balanceMillicredits"] == expected {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{account} never reached {expected}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stripe_payment_is_credited_through_the_whole_pipeline() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let secret = "whsec_pipeline";
+    let server = Server::start(dir.path(), &[("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret)]);
+    let body = starter_purchase_event("evt_cli", "bea");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signature = creditflow_api::sign_stripe_payload(body.as_bytes(), secret, now);
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let response = client
+            .post(format!("{}/webhooks/stripe", server.base_url))
+            .header("stripe-signature", &signature)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+    }
+    let (_, admin, _) = run(dir.path(), &["token", "--sub", "ops", "--role", "admin"], &[]);
+    wait_for_balance(&client, &server.base_url, admin.trim(), "bea", 5_000_000).await;
+    server.terminate();
+}
+
+#[tokio::test]
+async fn a_worker_process_runs_the_queue_alone_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    // Migrate first so the test can write the event the way the API would.
+    assert_eq!(run(dir.path(), &["migrate"], &[]).0, 0);
+    let store =
+        creditflow_store::Store::connect(&format!("sqlite://{}", dir.path().join("creditflow.db").display()), 2)
+            .await
+            .expect("open the ledger");
+    let payload = starter_purchase_event("evt_worker", "cid");
+    let event = creditflow_store::ReceivedEvent {
+        id: "evt_worker",
+        event_type: "payment_intent.succeeded",
+        livemode: false,
+        payload: &payload,
+    };
+    store.receive_stripe_event(&event).await.expect("stored");
+    let mut worker = creditflow(dir.path())
+        .arg("worker")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start creditflow worker");
+    let account = creditflow_domain::AccountId::new("cid").expect("valid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.account(&account).await.expect("read").map(|a| a.balance.get()) != Some(5_000_000) {
+        if Instant::now() >= deadline {
+            let _ = worker.kill();
+            panic!("the worker never credited the purchase");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().expect("signal");
+    assert!(status.success());
+    let exit = worker.wait().expect("worker exits");
+    assert!(exit.success(), "creditflow worker exits 0 after SIGTERM, got {exit}");
+}

@@ -89,3 +89,14 @@ impl Store {
         Ok(rows)
     }
 }
+
+impl Store {
+    /// Marks an outbox message relayed (after its job was pushed to the queue).
+    pub async fn mark_outbox_relayed(&self, id: i64) -> Result<(), StoreError> {
+        let sql = "UPDATE outbox SET relayed_at = $2 WHERE id = $1 AND relayed_at IS NULL";
+        on_backend!(self, |pool, _dialect| {
+            sqlx::query(sql).bind(id).bind(Timestamp::now()).execute(pool).await?;
+        });
+        Ok(())
+    }
+}

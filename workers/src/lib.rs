@@ -1,0 +1,138 @@
+//! creditflow's worker pools, on apalis, and the relay that feeds them from the outbox.
+//!
+//! Work that belongs to a database change is written to the outbox in the same transaction as the change (see the
+//! store's inbox module). The relay reads unrelayed outbox rows, pushes each as a job to its queue, and only then
+//! marks it relayed: a crash in between relays it again, never loses it, and every handler is idempotent, so a
+//! second delivery changes nothing. Several relays (in several processes) may run at once for the same reason.
+//!
+//! The embedded queue is apalis-sqlite in a file of its own: apalis switches its connections to
+//! `synchronous=OFF`, which the ledger's file must never have.
+
+mod relay;
+mod stripe;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use apalis::layers::retry::backoff::{ExponentialBackoffMaker, MakeBackoff};
+use apalis::layers::retry::{HasherRng, RetryPolicy};
+use apalis::prelude::*;
+use apalis_sqlite::{Config as QueueConfig, SqliteStorage};
+use creditflow_jobs::stripe_events::{Deps, ProcessStripeEventV1};
+use creditflow_store::{STRIPE_EVENTS_QUEUE, Store};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+
+pub use relay::relay_once;
+
+/// How long an idle worker waits before looking for new jobs again.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Settings of the worker pools.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// Concurrent Stripe events per worker.
+    pub stripe_concurrency: usize,
+    /// Attempts after the first before a transient failure gives up.
+    pub retries: usize,
+    /// Backoff before the first retry; it doubles (with jitter) up to `retry_delay_max`.
+    pub retry_delay_min: Duration,
+    /// The longest backoff.
+    pub retry_delay_max: Duration,
+    /// How long graceful shutdown waits for jobs in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            stripe_concurrency: 4,
+            retries: 5,
+            retry_delay_min: Duration::from_millis(500),
+            retry_delay_max: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The job queues.
+#[derive(Clone, Debug)]
+pub struct Queues {
+    pool: SqlitePool,
+    stripe_events: SqliteStorage<ProcessStripeEventV1>,
+}
+
+/// A queue that cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The URL names no supported queue backend.
+    #[error("unsupported queue URL `{0}`: use sqlite://PATH (the Redis queue comes with the next step)")]
+    UnsupportedUrl(String),
+    /// Opening it failed.
+    #[error("cannot open the job queue: {0}")]
+    Open(#[from] sqlx::Error),
+    /// Creating its tables failed.
+    #[error("cannot prepare the job queue: {0}")]
+    Setup(String),
+}
+
+impl Queues {
+    /// Opens (creating and migrating if needed) the queue at `url`, `sqlite://PATH`.
+    pub async fn open(url: &str) -> Result<Self, QueueError> {
+        if !url.starts_with("sqlite:") || url.contains(":memory:") {
+            return Err(QueueError::UnsupportedUrl(url.to_owned()));
+        }
+        let options =
+            SqliteConnectOptions::from_str(url)?.create_if_missing(true).busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        SqliteStorage::setup(&pool).await.map_err(|error| QueueError::Setup(error.to_string()))?;
+        let stripe_events = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(STRIPE_EVENTS_QUEUE));
+        Ok(Self { pool, stripe_events })
+    }
+
+    /// Jobs of `queue` by status, from the queue's own table (for tests and operators).
+    pub async fn counts(&self, queue: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT status, COUNT(*) FROM Jobs WHERE job_type = $1 GROUP BY status ORDER BY status")
+            .bind(queue)
+            .fetch_all(&self.pool)
+            .await
+    }
+}
+
+/// Runs the relay and the worker pools until `shutdown` resolves, then lets jobs in flight finish.
+pub async fn run(
+    store: Store,
+    deps: Deps,
+    queues: Queues,
+    settings: WorkerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), std::io::Error> {
+    let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
+    let backoff =
+        ExponentialBackoffMaker::new(settings.retry_delay_min, settings.retry_delay_max, 0.5, HasherRng::default())
+            .map_err(|error| std::io::Error::other(format!("retry backoff settings: {error}")))?;
+    let relay = tokio::spawn(relay::run(store, queues.clone(), relay_stopped));
+    let storage = queues.stripe_events.clone();
+    let retry = settings.clone();
+    let monitor = Monitor::new()
+        .register(move |_restarts| {
+            let backoff = backoff.clone().make_backoff();
+            // A fresh, unique name on every (re)start: apalis refuses a name it saw within the heartbeat window.
+            WorkerBuilder::new(format!("stripe-events-{}", uuid::Uuid::new_v4().simple()))
+                .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
+                .concurrency(retry.stripe_concurrency)
+                .retry(RetryPolicy::retries(retry.retries).with_backoff(backoff))
+                .data(deps.clone())
+                .build(stripe::handle)
+        })
+        .shutdown_timeout(settings.shutdown_grace);
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_relay.send(true);
+        Ok(())
+    };
+    let result = monitor.run_with_signal(signal).await.map_err(std::io::Error::other);
+    if let Err(error) = relay.await {
+        tracing::error!(%error, "the outbox relay ended abnormally");
+    }
+    result
+}

@@ -1,0 +1,61 @@
+//! The outbox relay: outbox rows to queued jobs, at least once.
+
+use std::time::Duration;
+
+use apalis::prelude::TaskSink as _;
+use creditflow_jobs::stripe_events::ProcessStripeEventV1;
+use creditflow_store::{STRIPE_EVENTS_QUEUE, Store};
+use tokio::sync::watch;
+
+use crate::Queues;
+
+const BATCH: i64 = 100;
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+const ERROR_WAIT: Duration = Duration::from_secs(1);
+
+/// Relays every unrelayed outbox message once; returns how many were relayed.
+pub async fn relay_once(store: &Store, queues: &Queues) -> Result<usize, String> {
+    let messages = store.unrelayed_outbox(BATCH).await.map_err(|e| e.to_string())?;
+    let mut relayed = 0;
+    for message in messages {
+        match message.queue.as_str() {
+            STRIPE_EVENTS_QUEUE => {
+                let job: ProcessStripeEventV1 = match serde_json::from_str(&message.payload) {
+                    Ok(job) => job,
+                    Err(error) => {
+                        // Only creditflow writes the outbox, so this is a bug: say so and leave the row for a fix.
+                        tracing::error!(id = message.id, %error, "outbox message does not decode; left in place");
+                        continue;
+                    }
+                };
+                let mut queue = queues.stripe_events.clone();
+                queue.push(job).await.map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
+            }
+            other => {
+                tracing::error!(id = message.id, queue = other, "outbox message for an unknown queue; left in place");
+                continue;
+            }
+        }
+        store.mark_outbox_relayed(message.id).await.map_err(|e| e.to_string())?;
+        relayed += 1;
+    }
+    Ok(relayed)
+}
+
+/// Relays until `stop` says so.
+pub(crate) async fn run(store: Store, queues: Queues, mut stop: watch::Receiver<bool>) {
+    loop {
+        let wait = match relay_once(&store, &queues).await {
+            Ok(count) if count > 0 => Duration::ZERO,
+            Ok(_) => IDLE_WAIT,
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay failed; retrying");
+                ERROR_WAIT
+            }
+        };
+        tokio::select! {
+            changed = stop.changed() => if changed.is_err() || *stop.borrow() { return },
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}

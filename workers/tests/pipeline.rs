@@ -1,0 +1,93 @@
+//! The pipeline end to end: a stored Stripe event is relayed from the outbox to the queue, a worker credits the
+//! purchase once, a permanent failure is not retried, and shutdown is graceful; with the ledger on each backend.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use creditflow_domain::{AccountId, Millicredits, PackCatalog};
+use creditflow_jobs::stripe_events::Deps;
+use creditflow_store::{ReceivedEvent, Store};
+use creditflow_testkit::{TestBackend, TestDatabase};
+use creditflow_workers::{Queues, WorkerSettings, run};
+
+fn event(id: &str, metadata: &serde_json::Value) -> String {
+    serde_json::json!({
+        "id": id, "object": "event", "type": "payment_intent.succeeded", "livemode": false,
+        "data": {"object": {"id": format!("pi_{id}"), "amount_received": 500, "currency": "usd", "metadata": metadata}}
+    })
+    .to_string()
+}
+
+async fn wait_for<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn pipeline(backend: TestBackend) {
+    let database = TestDatabase::new(backend).await;
+    let store = Store::connect(&database.url, 8).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let queue_dir = tempfile::tempdir().expect("tempdir");
+    let queues =
+        Queues::open(&format!("sqlite://{}", queue_dir.path().join("queue.db").display())).await.expect("queue");
+    let packs = PackCatalog::from_toml(
+        "[[packs]]\nid = \"starter\"\nname = \"Starter\"\nprice_usd_cents = 500\ncredits = 5000\n",
+    )
+    .expect("packs");
+    let deps = Deps { store: store.clone(), packs: Arc::new(packs), freeze_on_dispute: true };
+    let settings = WorkerSettings { retry_delay_min: Duration::from_millis(10), ..WorkerSettings::default() };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let workers = tokio::spawn(run(store.clone(), deps, queues.clone(), settings, async move {
+        let _ = stopped.await;
+    }));
+
+    let good = serde_json::json!({"creditflow_account_id": "alice", "creditflow_pack_id": "starter"});
+    for (id, metadata) in [("evt_good", good.clone()), ("evt_foreign", serde_json::json!({}))] {
+        let payload = event(id, &metadata);
+        let received = ReceivedEvent { id, event_type: "payment_intent.succeeded", livemode: false, payload: &payload };
+        store.receive_stripe_event(&received).await.expect("stored");
+    }
+    let alice = AccountId::new("alice").expect("valid");
+    wait_for("alice's credit", || async {
+        store
+            .account(&alice)
+            .await
+            .expect("read")
+            .is_some_and(|account| account.balance == Millicredits::new(5_000_000))
+    })
+    .await;
+    wait_for("both jobs to finish", || async {
+        let counts = queues.counts("stripe_events").await.expect("counts");
+        counts.iter().map(|(_, n)| n).sum::<i64>() == 2
+            && counts.iter().all(|(status, _)| status == "Done" || status == "Killed")
+    })
+    .await;
+    let counts = queues.counts("stripe_events").await.expect("counts");
+    assert_eq!(counts, vec![("Done".to_owned(), 1), ("Killed".to_owned(), 1)], "the foreign event is not retried");
+    assert!(store.unrelayed_outbox(10).await.expect("outbox").is_empty(), "everything was relayed");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), workers)
+        .await
+        .expect("stops in time")
+        .expect("joined")
+        .expect("clean");
+    assert_eq!(store.account(&alice).await.expect("read").expect("exists").balance, Millicredits::new(5_000_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_with_the_ledger_on_sqlite() {
+    pipeline(TestBackend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_with_the_ledger_on_postgres() {
+    pipeline(TestBackend::Postgres).await;
+}
