@@ -41,7 +41,7 @@ pub(crate) struct Config {
     pub(crate) database_max_connections: u32,
     /// Apply pending migrations when `serve` starts.
     pub(crate) auto_migrate: bool,
-    /// The job queue: `sqlite://PATH` (a file of its own beside the ledger).
+    /// The job queue: `redis://HOST:PORT` in production, or `sqlite://PATH` (a file of its own beside the ledger).
     pub(crate) queue_url: String,
     /// Redis for the job queue and the shared rate limiter in production (`redis://...`); unused until those land.
     pub(crate) redis_url: Option<String>,
@@ -207,11 +207,10 @@ fn validate(config: Config) -> Result<Loaded, ConfigError> {
     if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(invalid("database_url", "use sqlite://PATH or postgres://USER@HOST/DATABASE"));
     }
-    if !config.queue_url.starts_with("sqlite:") || config.queue_url == config.database_url {
-        return Err(invalid(
-            "queue_url",
-            "use sqlite://PATH, a file other than the ledger's (the Redis queue is not built yet)",
-        ));
+    let queue = config.queue_url.as_str();
+    let queue_ok = queue.starts_with("redis://") || queue.starts_with("rediss://") || queue.starts_with("sqlite:");
+    if !queue_ok || queue == config.database_url {
+        return Err(invalid("queue_url", "use redis://HOST:PORT, or sqlite://PATH in a file other than the ledger's"));
     }
     if config.database_max_connections == 0 {
         return Err(invalid("database_max_connections", "must be at least 1"));

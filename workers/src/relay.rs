@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use apalis::prelude::TaskSink as _;
 use creditflow_jobs::stripe_events::ProcessStripeEventV1;
 use creditflow_store::{STRIPE_EVENTS_QUEUE, Store};
 use tokio::sync::watch;
@@ -28,8 +27,10 @@ pub async fn relay_once(store: &Store, queues: &Queues) -> Result<usize, String>
                         continue;
                     }
                 };
-                let mut queue = queues.stripe_events.clone();
-                queue.push(job).await.map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
+                queues
+                    .push_stripe_event(job)
+                    .await
+                    .map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
             }
             other => {
                 tracing::error!(id = message.id, queue = other, "outbox message for an unknown queue; left in place");
