@@ -31,6 +31,10 @@ pub(crate) enum Command {
     /// activates it when no rate card is active yet. SIGTERM or Ctrl-C stops accepting connections and jobs, and lets
     /// requests and jobs in flight finish for up to shutdown_grace_seconds.
     Serve,
+    /// Run the HTTP API alone, without worker pools (scale API and workers separately).
+    ///
+    /// Same settings and shutdown as `serve`; run `creditflow worker` processes beside it.
+    Api,
     /// Run the worker pools alone: relay the outbox to the job queue and process jobs.
     ///
     /// Run as many as you like beside `serve`; SIGTERM or Ctrl-C lets jobs in flight finish.

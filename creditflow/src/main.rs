@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Token(args) => return token::print(&loaded, args),
-        Command::Serve | Command::Worker | Command::Migrate | Command::Openapi => {}
+        Command::Serve | Command::Api | Command::Worker | Command::Migrate | Command::Openapi => {}
     }
     logging::init(&loaded.config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -45,6 +45,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve => serve::serve(&loaded).await,
+            Command::Api => serve::api(&loaded).await,
             Command::Worker => serve::worker(&loaded).await,
             Command::Migrate => serve::migrate(&loaded).await,
             Command::Config | Command::Token(_) | Command::Openapi => Ok(()),

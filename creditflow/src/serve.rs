@@ -35,14 +35,67 @@ pub(crate) async fn migrate(loaded: &Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `creditflow serve`.
+/// `creditflow serve`: the API and the worker pools in one process.
 pub(crate) async fn serve(loaded: &Loaded) -> anyhow::Result<()> {
+    run_api(loaded, true).await
+}
+
+/// `creditflow api`: the API alone (worker pools run in `creditflow worker` processes).
+pub(crate) async fn api(loaded: &Loaded) -> anyhow::Result<()> {
+    run_api(loaded, false).await
+}
+
+async fn run_api(loaded: &Loaded, with_workers: bool) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let config = &loaded.config;
     let store = open_store(loaded).await?;
     if config.auto_migrate {
         store.migrate().await.context("cannot apply migrations")?;
     }
     ensure_rate_card(&store, loaded).await.context("cannot prepare the rate card")?;
+    let state = app_state(loaded, &store).await?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let workers = if with_workers {
+        let queues = Queues::open(&config.queue_url).await.context("cannot open the job queue")?;
+        let run = creditflow_workers::run(
+            store.clone(),
+            job_deps(&store, loaded),
+            queues,
+            worker_settings(loaded),
+            wait_for_stop(stopping),
+        );
+        Some(tokio::spawn(run))
+    } else {
+        None
+    };
+    let acceptor = TcpListener::bind(config.listen)
+        .into_acceptor()
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = acceptor.local_addr().first().and_then(|local| local.as_socket_addr().copied());
+    let address = address.map(|address| address.to_string()).unwrap_or_default();
+    tracing::info!(address, backend = store.backend().as_str(), workers = with_workers, "creditflow is serving");
+    let on_signal = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app(state), on_signal, Some(grace)).await?;
+    if let Some(workers) = workers {
+        match workers.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the worker pools stopped with an error"),
+            Err(error) => tracing::error!(%error, "the worker pools ended abnormally"),
+        }
+    }
+    store.close().await;
+    tracing::info!("creditflow stopped");
+    Ok(())
+}
+
+/// Everything the API's handlers share: the store, token verification, the rate limiter, CORS and Stripe settings.
+async fn app_state(loaded: &Loaded, store: &Store) -> anyhow::Result<AppState> {
+    let config = &loaded.config;
     let auth = authenticator(loaded)?;
     auth.warm_up().await;
     let limiter = match &config.redis_url {
@@ -51,29 +104,12 @@ pub(crate) async fn serve(loaded: &Loaded) -> anyhow::Result<()> {
         })?,
         None => RateLimiter::in_memory(config.rate_limit_per_minute),
     };
-    let acceptor = TcpListener::bind(config.listen)
-        .into_acceptor()
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let address = acceptor.local_addr().first().and_then(|local| local.as_socket_addr().copied());
-    let address = address.map(|address| address.to_string()).unwrap_or_default();
-    tracing::info!(
-        address,
-        backend = store.backend().as_str(),
-        packs = loaded.packs.packs().len(),
-        "creditflow is serving"
-    );
-    let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    let queues = Queues::open(&config.queue_url).await.context("cannot open the job queue")?;
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let workers = tokio::spawn(creditflow_workers::run(
-        store.clone(),
-        job_deps(&store, loaded),
-        queues,
-        worker_settings(loaded),
-        wait_for_stop(stopping.clone()),
-    ));
-    let state = AppState {
+    if config.stripe.webhook_secret.is_none() {
+        tracing::warn!(
+            "Stripe is not configured: POST /webhooks/stripe answers 503 until stripe.webhook_secret is set"
+        );
+    }
+    Ok(AppState {
         store: store.clone(),
         auth: Arc::new(auth),
         packs: Arc::new(loaded.packs.clone()),
@@ -83,44 +119,21 @@ pub(crate) async fn serve(loaded: &Loaded) -> anyhow::Result<()> {
             secret: config.stripe.webhook_secret.clone(),
             tolerance_seconds: config.stripe.webhook_tolerance_seconds,
         },
-    };
-    if config.stripe.webhook_secret.is_none() {
-        tracing::warn!(
-            "Stripe is not configured: POST /webhooks/stripe answers 503 until stripe.webhook_secret is set"
-        );
-    }
-    let on_signal = async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    };
-    Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app(state), on_signal, Some(grace)).await?;
-    match workers.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::error!(%error, "the worker pools stopped with an error"),
-        Err(error) => tracing::error!(%error, "the worker pools ended abnormally"),
-    }
-    store.close().await;
-    tracing::info!("creditflow stopped");
-    Ok(())
+    })
 }
 
 /// `creditflow worker`.
 pub(crate) async fn worker(loaded: &Loaded) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let store = open_store(loaded).await?;
     if loaded.config.auto_migrate {
         store.migrate().await.context("cannot apply migrations")?;
     }
     let queues = Queues::open(&loaded.config.queue_url).await.context("cannot open the job queue")?;
     tracing::info!(backend = store.backend().as_str(), "creditflow worker is running");
-    creditflow_workers::run(
-        store.clone(),
-        job_deps(&store, loaded),
-        queues,
-        worker_settings(loaded),
-        shutdown_signal(),
-    )
-    .await
-    .context("the worker pools stopped with an error")?;
+    creditflow_workers::run(store.clone(), job_deps(&store, loaded), queues, worker_settings(loaded), shutdown)
+        .await
+        .context("the worker pools stopped with an error")?;
     store.close().await;
     tracing::info!("creditflow worker stopped");
     Ok(())
@@ -193,31 +206,30 @@ async fn ensure_rate_card(store: &Store, loaded: &Loaded) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Listens for SIGTERM and Ctrl-C from the moment it is called (handlers registered lazily, on the first poll,
+/// would let a signal that arrives during start-up kill the process instead of stopping it gracefully), and returns
+/// a future that resolves on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
+            tracing::info!("shutdown requested: finishing work in flight");
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            if tokio::signal::ctrl_c().await.is_err() {
                 std::future::pending::<()>().await;
             }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+            tracing::info!("shutdown requested: finishing work in flight");
+        })
     }
-    tracing::info!("shutdown requested: finishing requests in flight");
 }

@@ -51,8 +51,13 @@ impl Drop for Server {
 impl Server {
     /// Starts `serve` on a free port with JSON logs and waits for its "serving" line.
     fn start(dir: &Path, envs: &[(&str, &str)]) -> Self {
+        Self::start_role(dir, "serve", envs).0
+    }
+
+    /// Starts `role` (`serve` or `api`) and returns it with its "serving" log event.
+    fn start_role(dir: &Path, role: &str, envs: &[(&str, &str)]) -> (Self, serde_json::Value) {
         let child = creditflow(dir)
-            .arg("serve")
+            .arg(role)
             .env("CREDITFLOW_LISTEN", "127.0.0.1:0")
             .env("CREDITFLOW_LOG_FORMAT", "json")
             .envs(envs.iter().copied())
@@ -78,7 +83,7 @@ impl Server {
             if event["message"] == "creditflow is serving" {
                 let address = event["address"].as_str().expect("address field");
                 server.base_url = format!("http://{address}");
-                return server;
+                return (server, event);
             }
         }
     }
@@ -355,4 +360,18 @@ async fn a_worker_process_runs_the_queue_alone_and_stops_cleanly() {
     assert!(status.success());
     let exit = worker.wait().expect("worker exits");
     assert!(exit.success(), "creditflow worker exits 0 after SIGTERM, got {exit}");
+}
+
+#[tokio::test]
+async fn the_api_role_serves_without_worker_pools() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let (server, serving) = Server::start_role(dir.path(), "api", &[]);
+    assert_eq!(serving["workers"], false, "{serving}");
+    let (status, _) = get_json(&format!("{}/readyz", server.base_url)).await;
+    assert_eq!(status, 200);
+    server.terminate();
+    assert!(!dir.path().join("creditflow-queue.db").exists(), "the api role never opens the queue");
+    let (server, serving) = Server::start_role(dir.path(), "serve", &[]);
+    assert_eq!(serving["workers"], true, "{serving}");
+    server.terminate();
 }
