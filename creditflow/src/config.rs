@@ -67,6 +67,26 @@ pub(crate) struct Config {
     pub(crate) auth: AuthSettings,
     /// Stripe (`[stripe]`; `CREDITFLOW_STRIPE__WEBHOOK_SECRET` and so on).
     pub(crate) stripe: StripeSettings,
+    /// Email (`[email]`).
+    pub(crate) email: EmailSettings,
+}
+
+/// Email settings: SMTP when `smtp_url` is set, else `.eml` files in `outbox_dir`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EmailSettings {
+    /// The sender, such as `creditflow <billing@example.com>`.
+    pub(crate) from: String,
+    /// `smtp://HOST:PORT` or `smtps://USER:PASSWORD@HOST`; unset on the embedded setup.
+    pub(crate) smtp_url: Option<String>,
+    /// Where emails are written as `.eml` files when there is no SMTP server.
+    pub(crate) outbox_dir: PathBuf,
+}
+
+impl Default for EmailSettings {
+    fn default() -> Self {
+        Self { from: "creditflow <billing@localhost>".to_owned(), smtp_url: None, outbox_dir: PathBuf::from("outbox") }
+    }
 }
 
 /// Stripe settings.
@@ -106,6 +126,7 @@ impl Default for Config {
             dev_key_file: PathBuf::from("creditflow-dev-key.pem"),
             auth: AuthSettings::default(),
             stripe: StripeSettings::default(),
+            email: EmailSettings::default(),
         }
     }
 }
@@ -225,6 +246,14 @@ fn validate(config: Config) -> Result<Loaded, ConfigError> {
     if !(1..=3_600).contains(&config.stripe.webhook_tolerance_seconds) {
         return Err(invalid("stripe.webhook_tolerance_seconds", "must be 1 to 3600"));
     }
+    if config.email.from.parse::<lettre::message::Mailbox>().is_err() {
+        return Err(invalid("email.from", "is not a mailbox like `creditflow <billing@example.com>`"));
+    }
+    if let Some(url) = &config.email.smtp_url
+        && creditflow_jobs::emails::Mailer::smtp(url).is_err()
+    {
+        return Err(invalid("email.smtp_url", "use smtp://HOST:PORT or smtps://USER:PASSWORD@HOST"));
+    }
     if config.rate_limit_per_minute == 0 {
         return Err(invalid("rate_limit_per_minute", "must be at least 1"));
     }
@@ -275,6 +304,7 @@ impl Config {
         let mut shown = self.clone();
         shown.database_url = creditflow_store::redact_url(&shown.database_url);
         shown.redis_url = shown.redis_url.as_deref().map(creditflow_store::redact_url);
+        shown.email.smtp_url = shown.email.smtp_url.as_deref().map(creditflow_store::redact_url);
         if shown.stripe.webhook_secret.is_some() {
             shown.stripe.webhook_secret = Some("whsec_***".to_owned());
         }

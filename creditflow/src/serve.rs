@@ -7,9 +7,10 @@ use anyhow::Context as _;
 use std::sync::Arc;
 
 use creditflow_api::{AppState, Authenticator, CorsAllowlist, DevKey, RateLimiter, StripeWebhookSettings, app};
+use creditflow_jobs::emails::{EmailDeps, Mailer};
 use creditflow_jobs::stripe_events::Deps;
 use creditflow_store::{NewAuditRecord, RateCardAdded, Store};
-use creditflow_workers::{Queues, WorkerSettings};
+use creditflow_workers::{Handlers, Queues, WorkerSettings};
 use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use time::OffsetDateTime;
@@ -59,7 +60,7 @@ async fn run_api(loaded: &Loaded, with_workers: bool) -> anyhow::Result<()> {
         let queues = Queues::open(&config.queue_url).await.context("cannot open the job queue")?;
         let run = creditflow_workers::run(
             store.clone(),
-            job_deps(&store, loaded),
+            job_deps(&store, loaded)?,
             queues,
             worker_settings(loaded),
             wait_for_stop(stopping),
@@ -131,7 +132,7 @@ pub(crate) async fn worker(loaded: &Loaded) -> anyhow::Result<()> {
     }
     let queues = Queues::open(&loaded.config.queue_url).await.context("cannot open the job queue")?;
     tracing::info!(backend = store.backend().as_str(), "creditflow worker is running");
-    creditflow_workers::run(store.clone(), job_deps(&store, loaded), queues, worker_settings(loaded), shutdown)
+    creditflow_workers::run(store.clone(), job_deps(&store, loaded)?, queues, worker_settings(loaded), shutdown)
         .await
         .context("the worker pools stopped with an error")?;
     store.close().await;
@@ -139,12 +140,22 @@ pub(crate) async fn worker(loaded: &Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn job_deps(store: &Store, loaded: &Loaded) -> Deps {
-    Deps {
-        store: store.clone(),
-        packs: Arc::new(loaded.packs.clone()),
-        freeze_on_dispute: loaded.config.stripe.freeze_on_dispute,
+fn job_deps(store: &Store, loaded: &Loaded) -> anyhow::Result<Handlers> {
+    let email = &loaded.config.email;
+    let mailer = match &email.smtp_url {
+        Some(url) => Mailer::smtp(url),
+        None => Mailer::outbox(email.outbox_dir.clone()),
     }
+    .map_err(|message| anyhow::anyhow!("email: {message}"))?;
+    let from = email.from.parse().map_err(|error| anyhow::anyhow!("email.from: {error}"))?;
+    Ok(Handlers {
+        stripe: Deps {
+            store: store.clone(),
+            packs: Arc::new(loaded.packs.clone()),
+            freeze_on_dispute: loaded.config.stripe.freeze_on_dispute,
+        },
+        email: EmailDeps { store: store.clone(), mailer: Arc::new(mailer), from },
+    })
 }
 
 fn worker_settings(loaded: &Loaded) -> WorkerSettings {

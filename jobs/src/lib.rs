@@ -7,6 +7,7 @@
 //!
 //! The worker pools that run them (apalis) are the next step; tests drive the handlers directly.
 
+pub mod emails;
 pub mod stripe_events;
 
 /// Why a job did not complete.

@@ -25,7 +25,7 @@ pub use audit::{AuditRecord, NewAuditRecord};
 pub use connect::redact_url;
 pub use error::StoreError;
 pub use inbox::{OutboxMessage, Received, ReceivedEvent, STRIPE_EVENTS_QUEUE};
-pub use posting::LedgerTotals;
+pub use posting::{EMAILS_QUEUE, LedgerTotals};
 pub use purchases::{Purchase, PurchaseStatus};
 pub use rate_cards::{RateCardAdded, RateCardSummary, Rollout, StoredRateCard};
 pub use timestamp::Timestamp;
@@ -84,10 +84,12 @@ struct Dialect {
     lock_account: &'static str,
 }
 
-const ACCOUNT_COLUMNS_LOCKED_SQLITE: &str =
-    "SELECT balance_millicredits, status, last_sequence FROM accounts WHERE id = $1";
-const ACCOUNT_COLUMNS_LOCKED_POSTGRES: &str =
-    "SELECT balance_millicredits, status, last_sequence FROM accounts WHERE id = $1 FOR UPDATE";
+const ACCOUNT_COLUMNS_LOCKED_SQLITE: &str = "SELECT a.balance_millicredits, a.status, a.last_sequence, \
+     s.low_balance_threshold_millicredits FROM accounts a LEFT JOIN account_settings s ON s.account_id = a.id \
+     WHERE a.id = $1";
+const ACCOUNT_COLUMNS_LOCKED_POSTGRES: &str = "SELECT a.balance_millicredits, a.status, a.last_sequence, \
+     s.low_balance_threshold_millicredits FROM accounts a LEFT JOIN account_settings s ON s.account_id = a.id \
+     WHERE a.id = $1 FOR UPDATE OF a";
 
 /// SQLite: `BEGIN IMMEDIATE` takes the database write lock up front, so the read of the account and the writes that
 /// follow cannot interleave with another writer (no lost update, no lock upgrade deadlock).

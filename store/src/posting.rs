@@ -29,6 +29,7 @@ struct LockedAccount {
     balance_millicredits: i64,
     status: String,
     last_sequence: i64,
+    low_balance_threshold_millicredits: Option<i64>,
 }
 
 const SELECT_ENTRY_BY_KEY: &str =
@@ -44,6 +45,27 @@ const SPENT_SINCE: &str = "SELECT CAST(COALESCE(-SUM(amount_millicredits), 0) AS
      WHERE account_id = $1 AND kind = 'usage_debit' AND created_at >= $2";
 const UPDATE_BALANCE: &str =
     "UPDATE accounts SET balance_millicredits = $2, last_sequence = $3, updated_at = $4 WHERE id = $1";
+
+/// The queue that sends emails.
+pub const EMAILS_QUEUE: &str = "emails";
+
+/// The job announcing that `entry` took the balance from at or above `threshold` to below it: one per downward
+/// crossing, so a top-up above the threshold re-arms the notice.
+fn low_balance_notice(entry: &Entry, balance_before: Millicredits, threshold: Option<i64>) -> Option<String> {
+    let threshold = Millicredits::new(threshold?);
+    let crossed = balance_before >= threshold && entry.balance_after < threshold;
+    crossed.then(|| {
+        serde_json::json!({
+            "kind": "low_balance_email",
+            "version": 1,
+            "accountId": entry.account_id.as_str(),
+            "entryId": entry.id,
+            "balanceMillicredits": entry.balance_after.get(),
+            "thresholdMillicredits": threshold.get(),
+        })
+        .to_string()
+    })
+}
 
 impl Store {
     /// Applies a posting and returns its outcome. Idempotent: the same key with the same content returns the first
@@ -73,6 +95,7 @@ impl Store {
         on_backend!(write self, |tx, dialect| {
             let locked: Option<LockedAccount> =
                 sqlx::query_as(dialect.lock_account).bind(account_id).fetch_optional(&mut *tx).await?;
+            let threshold = locked.as_ref().and_then(|row| row.low_balance_threshold_millicredits);
             let state = match locked {
                 Some(row) => Some(AccountState {
                     balance: Millicredits::new(row.balance_millicredits),
@@ -145,6 +168,15 @@ impl Store {
                 .await?;
             if let Some(audit) = audit {
                 insert_audit!(tx, audit, now).await?;
+            }
+            let balance_before = state.map_or(Millicredits::ZERO, |account| account.balance);
+            if let Some(notice) = low_balance_notice(&entry, balance_before, threshold) {
+                sqlx::query("INSERT INTO outbox (queue, payload, created_at) VALUES ($1, $2, $3)")
+                    .bind(EMAILS_QUEUE)
+                    .bind(notice)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(PostingOutcome::Created(entry))

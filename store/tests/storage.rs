@@ -57,6 +57,7 @@ storage_suite!(
     concurrent_debits_never_pass_a_spend_cap,
     settings_are_stored_whole,
     rollouts_give_each_account_one_version,
+    a_low_balance_notice_is_queued_once_per_crossing,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 //! `synchronous=OFF`, which the ledger's file must never have. In production the queue is apalis-redis, shared by
 //! every worker process.
 
+mod email;
 mod relay;
 mod stripe;
 
@@ -20,8 +21,9 @@ use apalis::layers::retry::{HasherRng, RetryPolicy};
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
 use apalis_sqlite::{Config as QueueConfig, SqliteStorage};
+use creditflow_jobs::emails::{EmailDeps, EmailJob};
 use creditflow_jobs::stripe_events::{Deps, ProcessStripeEventV1};
-use creditflow_store::{STRIPE_EVENTS_QUEUE, Store};
+use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 pub use relay::relay_once;
@@ -34,6 +36,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 pub struct WorkerSettings {
     /// Concurrent Stripe events per worker.
     pub stripe_concurrency: usize,
+    /// Concurrent emails per worker.
+    pub email_concurrency: usize,
     /// Attempts after the first before a transient failure gives up.
     pub retries: usize,
     /// Backoff before the first retry; it doubles (with jitter) up to `retry_delay_max`.
@@ -48,6 +52,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             stripe_concurrency: 4,
+            email_concurrency: 4,
             retries: 5,
             retry_delay_min: Duration::from_millis(500),
             retry_delay_max: Duration::from_secs(60),
@@ -64,8 +69,17 @@ pub struct Queues {
 
 #[derive(Clone, Debug)]
 enum QueueBackend {
-    Sqlite { pool: SqlitePool, stripe_events: SqliteStorage<ProcessStripeEventV1> },
-    Redis { stripe_events: RedisStorage<ProcessStripeEventV1> },
+    Sqlite { pool: SqlitePool, stripe_events: SqliteStorage<ProcessStripeEventV1>, emails: SqliteStorage<EmailJob> },
+    Redis { stripe_events: RedisStorage<ProcessStripeEventV1>, emails: RedisStorage<EmailJob> },
+}
+
+/// What the handlers of every pool need.
+#[derive(Clone, Debug)]
+pub struct Handlers {
+    /// Stripe event processing.
+    pub stripe: Deps,
+    /// Email sending.
+    pub email: EmailDeps,
 }
 
 /// Key prefix of creditflow's queues in Redis.
@@ -98,9 +112,10 @@ impl Queues {
     pub async fn open_in(url: &str, namespace: &str) -> Result<Self, QueueError> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             let connection = apalis_redis::connect(url).await.map_err(|error| QueueError::Redis(error.to_string()))?;
-            let config = apalis_redis::Config::default().queue(format!("{namespace}:{STRIPE_EVENTS_QUEUE}"));
-            let stripe_events = RedisStorage::new(connection).with_config(config);
-            return Ok(Self { backend: QueueBackend::Redis { stripe_events } });
+            let config = |queue: &str| apalis_redis::Config::default().queue(format!("{namespace}:{queue}"));
+            let stripe_events = RedisStorage::new(connection.clone()).with_config(config(STRIPE_EVENTS_QUEUE));
+            let emails = RedisStorage::new(connection).with_config(config(EMAILS_QUEUE));
+            return Ok(Self { backend: QueueBackend::Redis { stripe_events, emails } });
         }
         if !url.starts_with("sqlite:") || url.contains(":memory:") {
             return Err(QueueError::UnsupportedUrl(url.to_owned()));
@@ -110,7 +125,8 @@ impl Queues {
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         SqliteStorage::setup(&pool).await.map_err(|error| QueueError::Setup(error.to_string()))?;
         let stripe_events = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(STRIPE_EVENTS_QUEUE));
-        Ok(Self { backend: QueueBackend::Sqlite { pool, stripe_events } })
+        let emails = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(EMAILS_QUEUE));
+        Ok(Self { backend: QueueBackend::Sqlite { pool, stripe_events, emails } })
     }
 
     /// Jobs of `queue` by status, from the embedded queue's own table. `None` on Redis, whose apalis 1.0 listing
@@ -127,7 +143,17 @@ impl Queues {
             QueueBackend::Sqlite { stripe_events, .. } => {
                 stripe_events.clone().push(job).await.map_err(|e| e.to_string())
             }
-            QueueBackend::Redis { stripe_events } => stripe_events.clone().push(job).await.map_err(|e| e.to_string()),
+            QueueBackend::Redis { stripe_events, .. } => {
+                stripe_events.clone().push(job).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Pushes an email job.
+    pub(crate) async fn push_email(&self, job: EmailJob) -> Result<(), String> {
+        match &self.backend {
+            QueueBackend::Sqlite { emails, .. } => emails.clone().push(job).await.map_err(|e| e.to_string()),
+            QueueBackend::Redis { emails, .. } => emails.clone().push(job).await.map_err(|e| e.to_string()),
         }
     }
 }
@@ -135,7 +161,7 @@ impl Queues {
 /// Runs the relay and the worker pools until `shutdown` resolves, then lets jobs in flight finish.
 pub async fn run(
     store: Store,
-    deps: Deps,
+    handlers: Handlers,
     queues: Queues,
     settings: WorkerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -146,25 +172,41 @@ pub async fn run(
             .map_err(|error| std::io::Error::other(format!("retry backoff settings: {error}")))?;
     let relay = tokio::spawn(relay::run(store, queues.clone(), relay_stopped));
     let retry = settings.clone();
-    // The same worker on either storage; a fresh, unique name on every (re)start, as apalis refuses a name it saw
+    // The same workers on either storage; a fresh, unique name on every (re)start, as apalis refuses a name it saw
     // within the heartbeat window.
-    macro_rules! stripe_worker {
-        ($storage:expr) => {{
-            let storage = $storage;
+    macro_rules! worker {
+        ($storage:expr, $name:literal, $handler:path, $data:expr, $concurrency:expr) => {{
+            let (storage, data, backoff, retry) = ($storage, $data, backoff.clone(), retry.clone());
             move |_restarts: usize| {
-                let backoff = backoff.clone().make_backoff();
-                WorkerBuilder::new(format!("stripe-events-{}", uuid::Uuid::new_v4().simple()))
+                WorkerBuilder::new(format!("{}-{}", $name, uuid::Uuid::new_v4().simple()))
                     .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
-                    .concurrency(retry.stripe_concurrency)
-                    .retry(RetryPolicy::retries(retry.retries).with_backoff(backoff))
-                    .data(deps.clone())
-                    .build(stripe::handle)
+                    .concurrency($concurrency)
+                    .retry(RetryPolicy::retries(retry.retries).with_backoff(backoff.clone().make_backoff()))
+                    .data(data.clone())
+                    .build($handler)
             }
         }};
     }
+    let (stripe_deps, email_deps) = (handlers.stripe, handlers.email);
     let monitor = match &queues.backend {
-        QueueBackend::Sqlite { stripe_events, .. } => Monitor::new().register(stripe_worker!(stripe_events.clone())),
-        QueueBackend::Redis { stripe_events } => Monitor::new().register(stripe_worker!(stripe_events.clone())),
+        QueueBackend::Sqlite { stripe_events, emails, .. } => Monitor::new()
+            .register(worker!(
+                stripe_events.clone(),
+                "stripe-events",
+                stripe::handle,
+                stripe_deps,
+                retry.stripe_concurrency
+            ))
+            .register(worker!(emails.clone(), "emails", email::handle, email_deps, retry.email_concurrency)),
+        QueueBackend::Redis { stripe_events, emails } => Monitor::new()
+            .register(worker!(
+                stripe_events.clone(),
+                "stripe-events",
+                stripe::handle,
+                stripe_deps,
+                retry.stripe_concurrency
+            ))
+            .register(worker!(emails.clone(), "emails", email::handle, email_deps, retry.email_concurrency)),
     }
     .shutdown_timeout(settings.shutdown_grace);
     let signal = async move {

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use creditflow_jobs::emails::EmailJob;
 use creditflow_jobs::stripe_events::ProcessStripeEventV1;
-use creditflow_store::{STRIPE_EVENTS_QUEUE, Store};
+use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store};
 use tokio::sync::watch;
 
 use crate::Queues;
@@ -31,6 +32,16 @@ pub async fn relay_once(store: &Store, queues: &Queues) -> Result<usize, String>
                     .push_stripe_event(job)
                     .await
                     .map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
+            }
+            EMAILS_QUEUE => {
+                let job: EmailJob = match serde_json::from_str(&message.payload) {
+                    Ok(job) => job,
+                    Err(error) => {
+                        tracing::error!(id = message.id, %error, "outbox message does not decode; left in place");
+                        continue;
+                    }
+                };
+                queues.push_email(job).await.map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
             }
             other => {
                 tracing::error!(id = message.id, queue = other, "outbox message for an unknown queue; left in place");

@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use creditflow_domain::{AccountId, Millicredits, PackCatalog};
+use creditflow_domain::{
+    AccountId, AccountSettings, EntryKind, Millicredits, Overdraft, PackCatalog, Posting, RateVersion,
+};
+use creditflow_jobs::emails::{EmailDeps, Mailer};
 use creditflow_jobs::stripe_events::Deps;
 use creditflow_store::{ReceivedEvent, Store};
 use creditflow_testkit::{TestBackend, TestDatabase};
-use creditflow_workers::{Queues, WorkerSettings, run};
+use creditflow_workers::{Handlers, Queues, WorkerSettings, run};
 
 fn event(id: &str, metadata: &serde_json::Value) -> String {
     serde_json::json!({
@@ -48,10 +51,18 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
         "[[packs]]\nid = \"starter\"\nname = \"Starter\"\nprice_usd_cents = 500\ncredits = 5000\n",
     )
     .expect("packs");
-    let deps = Deps { store: store.clone(), packs: Arc::new(packs), freeze_on_dispute: true };
+    let mail_folder = tempfile::tempdir().expect("tempdir");
+    let handlers = Handlers {
+        stripe: Deps { store: store.clone(), packs: Arc::new(packs), freeze_on_dispute: true },
+        email: EmailDeps {
+            store: store.clone(),
+            mailer: Arc::new(Mailer::outbox(mail_folder.path().to_path_buf()).expect("outbox")),
+            from: "creditflow <billing@creditflow.test>".parse().expect("mailbox"),
+        },
+    };
     let settings = WorkerSettings { retry_delay_min: Duration::from_millis(10), ..WorkerSettings::default() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let workers = tokio::spawn(run(store.clone(), deps, queues.clone(), settings, async move {
+    let workers = tokio::spawn(run(store.clone(), handlers, queues.clone(), settings, async move {
         let _ = stopped.await;
     }));
 
@@ -82,13 +93,37 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
     }
     assert!(store.unrelayed_outbox(10).await.expect("outbox").is_empty(), "everything was relayed");
 
+    // A debit that crosses alice's low-balance threshold is emailed once, through the emails queue.
+    let settings = AccountSettings {
+        email: Some("alice@example.com".into()),
+        low_balance_threshold: Some(Millicredits::new(1_000_000)),
+        ..AccountSettings::default()
+    };
+    store.put_settings(&alice, &settings).await.expect("settings");
+    let debit = Posting {
+        account_id: alice.clone(),
+        kind: EntryKind::UsageDebit,
+        amount: Millicredits::new(-4_500_000),
+        idempotency_key: "big-job".into(),
+        correlation_id: None,
+        rate_version: Some(RateVersion::new("v1").expect("valid")),
+        source_ref: None,
+        reason: None,
+        overdraft: Overdraft::Forbid,
+        spend_cap: None,
+    };
+    store.post(&debit).await.expect("debited");
+    let emails = || std::fs::read_dir(mail_folder.path()).expect("folder").count();
+    wait_for("the low-balance email", || async { emails() == 1 }).await;
+
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), workers)
         .await
         .expect("stops in time")
         .expect("joined")
         .expect("clean");
-    assert_eq!(store.account(&alice).await.expect("read").expect("exists").balance, Millicredits::new(5_000_000));
+    assert_eq!(store.account(&alice).await.expect("read").expect("exists").balance, Millicredits::new(500_000));
+    assert_eq!(emails(), 1, "one email for one crossing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

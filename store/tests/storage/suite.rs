@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use creditflow_domain::{AccountId, AccountStatus, EntryKind, Millicredits, Overdraft, PostingInvalid, PostingOutcome};
 use creditflow_domain::{AccountSettings, Autoreload, Posting, RateCard, RateVersion, SpendCap, rollout_bucket};
-use creditflow_store::{RateCardAdded, Rollout, StoreError};
+use creditflow_store::{EMAILS_QUEUE, RateCardAdded, Rollout, StoreError};
 use time::{Duration, OffsetDateTime};
 
 use super::helpers::{Db, adjustment, audit, purchase, usage};
@@ -424,4 +424,50 @@ pub(crate) async fn rollouts_give_each_account_one_version(db: &Db) {
     let listing = db.store.rate_cards().await.expect("list");
     let v2 = listing.iter().find(|summary| summary.version == "v2").expect("v2 listed");
     assert_eq!((v2.activations[0].1, v2.activations[0].2.clone()), (25, vec!["vip".to_owned()]));
+}
+
+pub(crate) async fn a_low_balance_notice_is_queued_once_per_crossing(db: &Db) {
+    let id = db.account_with("acct_low_bal", 10_000).await;
+    let settings =
+        AccountSettings { low_balance_threshold: Some(Millicredits::new(5_000)), ..AccountSettings::default() };
+    db.store.put_settings(&id, &settings).await.expect("settings");
+    let notices = || async {
+        let outbox = db.store.unrelayed_outbox(100).await.expect("outbox");
+        outbox.into_iter().filter(|m| m.queue == EMAILS_QUEUE).map(|m| m.payload).collect::<Vec<_>>()
+    };
+    db.store.post(&usage(&id, "d1", 3_000)).await.expect("post");
+    assert!(notices().await.is_empty(), "7,000 is still above the threshold");
+    db.store.post(&usage(&id, "d2", 3_000)).await.expect("post");
+    let first = notices().await;
+    assert_eq!(first.len(), 1, "crossing to 4,000 queues one notice");
+    let notice: serde_json::Value = serde_json::from_str(&first[0]).expect("json");
+    assert_eq!(
+        (notice["kind"].as_str(), notice["accountId"].as_str()),
+        (Some("low_balance_email"), Some("acct_low_bal"))
+    );
+    assert_eq!(
+        (notice["balanceMillicredits"].as_i64(), notice["thresholdMillicredits"].as_i64()),
+        (Some(4_000), Some(5_000))
+    );
+    db.store.post(&usage(&id, "d3", 1_000)).await.expect("post");
+    assert_eq!(notices().await.len(), 1, "staying below does not notify again");
+    db.store.post(&purchase(&id, "top-up", 5_000)).await.expect("post");
+    db.store.post(&usage(&id, "d4", 4_000)).await.expect("post");
+    assert_eq!(notices().await.len(), 2, "after a top-up the next crossing notifies again");
+    // Many concurrent debits that cross together still cross once.
+    let other = db.account_with("acct_low_bal2", 10_000).await;
+    db.store.put_settings(&other, &settings).await.expect("settings");
+    let store = Arc::new(db.store.clone());
+    let tasks: Vec<_> = (0..20)
+        .map(|n| {
+            let (store, other) = (store.clone(), other.clone());
+            tokio::spawn(async move { store.post(&usage(&other, &format!("c{n}"), 400)).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("ran").expect("posted");
+    }
+    let outbox = db.store.unrelayed_outbox(100).await.expect("outbox");
+    let for_other = outbox.iter().filter(|m| m.queue == EMAILS_QUEUE && m.payload.contains("acct_low_bal2")).count();
+    assert_eq!(for_other, 1);
 }

@@ -1,0 +1,142 @@
+//! Email jobs: the low-balance notice, sent through SMTP in production or written as `.eml` files to an outbox
+//! folder on the embedded setup (lettre's file transport), with plain-text and HTML parts.
+//!
+//! A notice is queued by the posting that crossed the threshold (in its transaction). Sending is recorded under a
+//! key (`low_balance:<entry id>`), so a job delivered twice sends once; a crash between sending and recording can
+//! send twice, the usual at-least-once of email.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use creditflow_domain::{AccountId, Millicredits};
+use creditflow_store::Store;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+
+use crate::JobError;
+
+/// A job of the `emails` queue, told apart by `kind`. Variants are never renamed; new shapes get new kinds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum EmailJob {
+    /// The balance fell below the account's threshold.
+    #[serde(rename = "low_balance_email")]
+    LowBalance(LowBalanceEmailV1),
+}
+
+/// A balance crossed below the low-balance threshold (queued by the posting that crossed it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LowBalanceEmailV1 {
+    /// The account.
+    pub account_id: String,
+    /// The entry that crossed.
+    pub entry_id: String,
+    /// The balance after it.
+    pub balance_millicredits: i64,
+    /// The threshold crossed.
+    pub threshold_millicredits: i64,
+}
+
+/// Where email goes.
+#[derive(Clone)]
+pub enum Mailer {
+    /// An SMTP server.
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// `.eml` files in a folder.
+    Outbox(AsyncFileTransport<Tokio1Executor>),
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Smtp(_) => "Mailer::Smtp",
+            Self::Outbox(_) => "Mailer::Outbox",
+        })
+    }
+}
+
+impl Mailer {
+    /// SMTP at `url` (`smtp://host:port`, `smtps://user:pass@host`), as lettre reads it.
+    pub fn smtp(url: &str) -> Result<Self, String> {
+        AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+            .map(|builder| Self::Smtp(builder.build()))
+            .map_err(|error| format!("bad SMTP URL: {error}"))
+    }
+
+    /// `.eml` files in `folder` (created if missing).
+    pub fn outbox(folder: PathBuf) -> Result<Self, String> {
+        std::fs::create_dir_all(&folder).map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
+        Ok(Self::Outbox(AsyncFileTransport::<Tokio1Executor>::new(folder)))
+    }
+
+    async fn send(&self, message: Message) -> Result<(), String> {
+        match self {
+            Self::Smtp(transport) => transport.send(message).await.map(drop).map_err(|e| e.to_string()),
+            Self::Outbox(transport) => transport.send(message).await.map(drop).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// What email jobs need.
+#[derive(Clone, Debug)]
+pub struct EmailDeps {
+    /// The ledger store (settings, and what was sent).
+    pub store: Store,
+    /// Where email goes.
+    pub mailer: Arc<Mailer>,
+    /// The sender.
+    pub from: Mailbox,
+}
+
+/// What a job did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emailed {
+    /// Sent now.
+    Sent,
+    /// Sent before: nothing done.
+    AlreadySent,
+    /// The account has no email address: nothing to send.
+    NoAddress,
+}
+
+/// Runs an email job. Idempotent.
+pub async fn send_email(job: &EmailJob, deps: &EmailDeps) -> Result<Emailed, JobError> {
+    match job {
+        EmailJob::LowBalance(notice) => low_balance(notice, deps).await,
+    }
+}
+
+async fn low_balance(notice: &LowBalanceEmailV1, deps: &EmailDeps) -> Result<Emailed, JobError> {
+    let key = format!("low_balance:{}", notice.entry_id);
+    if deps.store.notification_sent(&key).await? {
+        return Ok(Emailed::AlreadySent);
+    }
+    let account = AccountId::new(notice.account_id.clone())
+        .map_err(|_| JobError::Permanent(format!("bad account id {}", notice.account_id)))?;
+    let Some(address) = deps.store.settings(&account).await?.email else { return Ok(Emailed::NoAddress) };
+    let to: Mailbox = address
+        .parse()
+        .map_err(|error| JobError::Permanent(format!("account {account} has an unusable email address: {error}")))?;
+    let balance = Millicredits::new(notice.balance_millicredits);
+    let threshold = Millicredits::new(notice.threshold_millicredits);
+    let text = format!(
+        "Your balance is {balance} credits, below the {threshold} credits you asked to be told about.\\n\\n\
+         Buy a credit pack or turn on autoreload to keep your requests going.\\n"
+    );
+    let html = format!(
+        "<p>Your balance is <strong>{balance} credits</strong>, below the {threshold} credits you asked to be told \
+         about.</p><p>Buy a credit pack or turn on autoreload to keep your requests going.</p>"
+    );
+    let message = Message::builder()
+        .from(deps.from.clone())
+        .to(to)
+        .subject(format!("Your balance is low: {balance} credits"))
+        .multipart(MultiPart::alternative_plain_html(text, html))
+        .map_err(|error| JobError::Permanent(format!("cannot build the email: {error}")))?;
+    deps.mailer.send(message).await.map_err(|error| JobError::Transient(format!("cannot send the email: {error}")))?;
+    deps.store.record_notification(&key, account.as_str()).await?;
+    tracing::info!(%account, entry = %notice.entry_id, "low-balance email sent");
+    Ok(Emailed::Sent)
+}

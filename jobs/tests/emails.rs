@@ -1,0 +1,78 @@
+//! The low-balance email, driven directly from the outbox row a crossing debit wrote: sent once as a multipart
+//! message through the file transport (the embedded default), not at all without an address.
+
+use std::sync::Arc;
+
+use creditflow_domain::{AccountId, AccountSettings, EntryKind, Millicredits, Overdraft, Posting, RateVersion};
+use creditflow_jobs::emails::{EmailDeps, EmailJob, Emailed, Mailer, send_email};
+use creditflow_store::{EMAILS_QUEUE, Store};
+use creditflow_testkit::{TestBackend, TestDatabase};
+
+fn debit(account: &AccountId, key: &str, amount: i64) -> Posting {
+    Posting {
+        account_id: account.clone(),
+        kind: EntryKind::UsageDebit,
+        amount: Millicredits::new(-amount),
+        idempotency_key: key.into(),
+        correlation_id: None,
+        rate_version: Some(RateVersion::new("v1").expect("valid")),
+        source_ref: None,
+        reason: None,
+        overdraft: Overdraft::Forbid,
+        spend_cap: None,
+    }
+}
+
+async fn queued_email(store: &Store) -> EmailJob {
+    let outbox = store.unrelayed_outbox(10).await.expect("outbox");
+    let message = outbox.into_iter().find(|m| m.queue == EMAILS_QUEUE).expect("an email job was queued");
+    serde_json::from_str(&message.payload).expect("an EmailJob")
+}
+
+#[tokio::test]
+async fn a_low_balance_email_is_written_once_with_text_and_html() {
+    let database = TestDatabase::new(TestBackend::Sqlite).await;
+    let store = Store::connect(&database.url, 4).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let account = AccountId::new("ada").expect("valid");
+    store.create_account(&account).await.expect("create");
+    let credit = Posting {
+        kind: EntryKind::PurchaseCredit,
+        amount: Millicredits::new(10_000),
+        rate_version: None,
+        ..debit(&account, "fund", 0)
+    };
+    store.post(&credit).await.expect("funded");
+    let settings = AccountSettings {
+        email: Some("ada@example.com".into()),
+        low_balance_threshold: Some(Millicredits::new(5_000)),
+        ..AccountSettings::default()
+    };
+    store.put_settings(&account, &settings).await.expect("settings");
+    store.post(&debit(&account, "d1", 6_500)).await.expect("debited");
+
+    let folder = tempfile::tempdir().expect("tempdir");
+    let deps = EmailDeps {
+        store: store.clone(),
+        mailer: Arc::new(Mailer::outbox(folder.path().to_path_buf()).expect("outbox")),
+        from: "creditflow <billing@creditflow.test>".parse().expect("mailbox"),
+    };
+    let job = queued_email(&store).await;
+    assert_eq!(send_email(&job, &deps).await.expect("sent"), Emailed::Sent);
+    assert_eq!(send_email(&job, &deps).await.expect("again"), Emailed::AlreadySent, "a redelivered job sends nothing");
+    let files: Vec<_> = std::fs::read_dir(folder.path()).expect("folder").map(|e| e.expect("entry").path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let eml = std::fs::read_to_string(&files[0]).expect("eml");
+    assert!(eml.contains("To: ada@example.com"), "{eml}");
+    assert!(eml.contains("Subject: Your balance is low: 3.500 credits"), "{eml}");
+    assert!(eml.contains("multipart/alternative") && eml.contains("text/plain") && eml.contains("text/html"), "{eml}");
+    assert!(eml.contains("below the 5.000 credits"), "{eml}");
+
+    // Without an address there is nothing to send.
+    store.put_settings(&account, &AccountSettings { email: None, ..settings }).await.expect("settings");
+    let other = serde_json::from_str::<EmailJob>(
+        r#"{"kind":"low_balance_email","version":1,"accountId":"ada","entryId":"ent_x","balanceMillicredits":1,"thresholdMillicredits":5}"#,
+    )
+    .expect("the wire shape parses");
+    assert_eq!(send_email(&other, &deps).await.expect("ok"), Emailed::NoAddress);
+}
