@@ -76,3 +76,54 @@ async fn a_low_balance_email_is_written_once_with_text_and_html() {
     .expect("the wire shape parses");
     assert_eq!(send_email(&other, &deps).await.expect("ok"), Emailed::NoAddress);
 }
+
+#[tokio::test]
+async fn a_low_balance_email_arrives_over_smtp_in_maildev() {
+    let smtp = std::env::var("CREDITFLOW_TEST_SMTP_URL").unwrap_or_else(|_| "smtp://127.0.0.1:1025".into());
+    let maildev = std::env::var("CREDITFLOW_TEST_MAILDEV_URL").unwrap_or_else(|_| "http://127.0.0.1:1080".into());
+    let database = TestDatabase::new(TestBackend::Postgres).await;
+    let store = Store::connect(&database.url, 4).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let account = AccountId::new("grace").expect("valid");
+    store.create_account(&account).await.expect("create");
+    // A recipient of its own, so concurrent test runs never read each other's mail.
+    let address = format!("grace-{}@example.com", uuid::Uuid::new_v4().simple());
+    let settings = AccountSettings {
+        email: Some(address.clone()),
+        low_balance_threshold: Some(Millicredits::new(5_000)),
+        ..AccountSettings::default()
+    };
+    store.put_settings(&account, &settings).await.expect("settings");
+    let credit = Posting {
+        kind: EntryKind::PurchaseCredit,
+        amount: Millicredits::new(6_000),
+        rate_version: None,
+        ..debit(&account, "fund", 0)
+    };
+    store.post(&credit).await.expect("funded");
+    store.post(&debit(&account, "d1", 2_000)).await.expect("debited");
+    let deps = EmailDeps {
+        store: store.clone(),
+        mailer: Arc::new(Mailer::smtp(&smtp).expect("smtp url")),
+        from: "creditflow <billing@creditflow.test>".parse().expect("mailbox"),
+    };
+    let job = queued_email(&store).await;
+    let sent = send_email(&job, &deps).await.unwrap_or_else(|error| {
+        panic!("cannot send through {smtp} ({error:?}); run scripts/test, which starts maildev")
+    });
+    assert_eq!(sent, Emailed::Sent);
+    assert_eq!(send_email(&job, &deps).await.expect("again"), Emailed::AlreadySent);
+
+    let inbox: Vec<serde_json::Value> =
+        reqwest::get(format!("{maildev}/api/email")).await.expect("maildev answers").json().await.expect("json");
+    let mine: Vec<&serde_json::Value> =
+        inbox.iter().filter(|email| email["to"][0]["address"].as_str() == Some(address.as_str())).collect();
+    assert_eq!(mine.len(), 1, "exactly one email for one crossing");
+    assert_eq!(mine[0]["subject"], "Your balance is low: 4.000 credits");
+    assert!(mine[0]["text"].as_str().is_some_and(|text| text.contains("below the 5.000 credits")), "{}", mine[0]);
+    assert!(
+        mine[0]["html"].as_str().is_some_and(|html| html.contains("<strong>4.000 credits</strong>")),
+        "{}",
+        mine[0]
+    );
+}
