@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use creditflow_api::AuthSettings;
 use creditflow_domain::{PackCatalog, RateCard};
+use creditflow_jobs::webhooks::WebhookEndpoint;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,8 @@ pub(crate) struct Config {
     pub(crate) stripe: StripeSettings,
     /// Email (`[email]`).
     pub(crate) email: EmailSettings,
+    /// Monitoring endpoints that receive signed events (`[[webhook_endpoints]]`: id, url, secret, events).
+    pub(crate) webhook_endpoints: Vec<WebhookEndpoint>,
 }
 
 /// Email settings: SMTP when `smtp_url` is set, else `.eml` files in `outbox_dir`.
@@ -127,6 +130,7 @@ impl Default for Config {
             auth: AuthSettings::default(),
             stripe: StripeSettings::default(),
             email: EmailSettings::default(),
+            webhook_endpoints: Vec::new(),
         }
     }
 }
@@ -254,6 +258,23 @@ fn validate(config: Config) -> Result<Loaded, ConfigError> {
     {
         return Err(invalid("email.smtp_url", "use smtp://HOST:PORT or smtps://USER:PASSWORD@HOST"));
     }
+    for (index, endpoint) in config.webhook_endpoints.iter().enumerate() {
+        if config.webhook_endpoints[..index].iter().any(|other| other.id == endpoint.id) || endpoint.id.is_empty() {
+            return Err(invalid(
+                "webhook_endpoints",
+                format!("endpoint ids must be unique and non-empty (`{}`)", endpoint.id),
+            ));
+        }
+        if !(endpoint.url.starts_with("https://") || endpoint.url.starts_with("http://")) {
+            return Err(invalid("webhook_endpoints", format!("endpoint `{}`: url must be http(s)", endpoint.id)));
+        }
+        if endpoint.secret.len() < 16 {
+            return Err(invalid(
+                "webhook_endpoints",
+                format!("endpoint `{}`: secret needs 16 characters or more", endpoint.id),
+            ));
+        }
+    }
     if config.rate_limit_per_minute == 0 {
         return Err(invalid("rate_limit_per_minute", "must be at least 1"));
     }
@@ -305,6 +326,9 @@ impl Config {
         shown.database_url = creditflow_store::redact_url(&shown.database_url);
         shown.redis_url = shown.redis_url.as_deref().map(creditflow_store::redact_url);
         shown.email.smtp_url = shown.email.smtp_url.as_deref().map(creditflow_store::redact_url);
+        for endpoint in &mut shown.webhook_endpoints {
+            "***".clone_into(&mut endpoint.secret);
+        }
         if shown.stripe.webhook_secret.is_some() {
             shown.stripe.webhook_secret = Some("whsec_***".to_owned());
         }

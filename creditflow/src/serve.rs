@@ -9,6 +9,7 @@ use std::sync::Arc;
 use creditflow_api::{AppState, Authenticator, CorsAllowlist, DevKey, RateLimiter, StripeWebhookSettings, app};
 use creditflow_jobs::emails::{EmailDeps, Mailer};
 use creditflow_jobs::stripe_events::Deps;
+use creditflow_jobs::webhooks::WebhookDeps;
 use creditflow_store::{NewAuditRecord, RateCardAdded, Store};
 use creditflow_workers::{Handlers, Queues, WorkerSettings};
 use poem::Server;
@@ -155,6 +156,8 @@ fn job_deps(store: &Store, loaded: &Loaded) -> anyhow::Result<Handlers> {
             freeze_on_dispute: loaded.config.stripe.freeze_on_dispute,
         },
         email: EmailDeps { store: store.clone(), mailer: Arc::new(mailer), from },
+        webhooks: WebhookDeps::new(loaded.config.webhook_endpoints.clone())
+            .map_err(|message| anyhow::anyhow!("webhooks: {message}"))?,
     })
 }
 

@@ -288,8 +288,18 @@ async fn fulfil(payment: &Payment<'_>, deps: &Deps) -> Result<Processed, JobErro
             return Err(JobError::Permanent(format!("crediting payment {} gave {other:?}", payment.intent_id)));
         }
     };
-    let record = purchase(payment, account_id, pack_id, PurchaseStatus::Succeeded, Some(entry.id.clone()), None);
+    let record =
+        purchase(payment, account_id.clone(), pack_id.clone(), PurchaseStatus::Succeeded, Some(entry.id.clone()), None);
     deps.store.record_purchase(&record).await?;
+    // Announced on every run, recorded once (by event id): a crash after the credit cannot lose the announcement.
+    let data = serde_json::json!({
+        "accountId": account_id.as_str(),
+        "packId": pack_id,
+        "paymentIntentId": payment.intent_id,
+        "creditsMillicredits": entry.amount.get(),
+        "balanceMillicredits": entry.balance_after.get(),
+    });
+    deps.store.announce("purchase.succeeded", &format!("evt_purchase_{}", payment.intent_id), &data).await?;
     if fresh {
         tracing::info!(payment = payment.intent_id, entry = %entry.id, "purchase credited");
         Ok(Processed::Credited(entry.id))

@@ -8,6 +8,19 @@ use crate::{Store, StoreError, Timestamp, on_backend};
 
 /// The queue that processes received Stripe events.
 pub const STRIPE_EVENTS_QUEUE: &str = "stripe_events";
+/// Events for monitoring endpoints (fanned out to one delivery job per endpoint by the relay).
+pub const WEBHOOK_EVENTS_QUEUE: &str = "webhook_events";
+
+/// The outbox payload announcing `event_type` with id `event_id` (also its dedupe key) and `data`.
+pub(crate) fn webhook_event(event_type: &str, event_id: &str, data: &serde_json::Value) -> String {
+    serde_json::json!({
+        "id": event_id,
+        "type": event_type,
+        "created": time::OffsetDateTime::now_utc().unix_timestamp(),
+        "data": data,
+    })
+    .to_string()
+}
 
 /// A Stripe event as received, already verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +127,25 @@ impl Store {
         let sql = "INSERT INTO notifications_sent (key, account_id, sent_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING";
         on_backend!(self, |pool, _dialect| {
             sqlx::query(sql).bind(key).bind(account_id).bind(Timestamp::now()).execute(pool).await?;
+        });
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Records an event for the monitoring webhooks once: a second call with the same `event_id` changes nothing.
+    pub async fn announce(&self, event_type: &str, event_id: &str, data: &serde_json::Value) -> Result<(), StoreError> {
+        let sql = "INSERT INTO outbox (queue, payload, created_at, dedupe_key) VALUES ($1, $2, $3, $4) \
+                   ON CONFLICT (dedupe_key) DO NOTHING";
+        let payload = webhook_event(event_type, event_id, data);
+        on_backend!(self, |pool, _dialect| {
+            sqlx::query(sql)
+                .bind(WEBHOOK_EVENTS_QUEUE)
+                .bind(payload.as_str())
+                .bind(Timestamp::now())
+                .bind(event_id)
+                .execute(pool)
+                .await?;
         });
         Ok(())
     }

@@ -24,7 +24,7 @@ pub use accounts::Account;
 pub use audit::{AuditRecord, NewAuditRecord};
 pub use connect::redact_url;
 pub use error::StoreError;
-pub use inbox::{OutboxMessage, Received, ReceivedEvent, STRIPE_EVENTS_QUEUE};
+pub use inbox::{OutboxMessage, Received, ReceivedEvent, STRIPE_EVENTS_QUEUE, WEBHOOK_EVENTS_QUEUE};
 pub use posting::{EMAILS_QUEUE, LedgerTotals};
 pub use purchases::{Purchase, PurchaseStatus};
 pub use rate_cards::{RateCardAdded, RateCardSummary, Rollout, StoredRateCard};

@@ -6,6 +6,7 @@ use creditflow_domain::{
 use uuid::Uuid;
 
 use crate::audit::{NewAuditRecord, insert_audit};
+use crate::inbox::{WEBHOOK_EVENTS_QUEUE, webhook_event};
 use crate::rows::{EntryRow, account_status, entry_columns};
 use crate::{Store, StoreError, Timestamp, on_backend};
 
@@ -171,12 +172,14 @@ impl Store {
             }
             let balance_before = state.map_or(Millicredits::ZERO, |account| account.balance);
             if let Some(notice) = low_balance_notice(&entry, balance_before, threshold) {
-                sqlx::query("INSERT INTO outbox (queue, payload, created_at) VALUES ($1, $2, $3)")
-                    .bind(EMAILS_QUEUE)
-                    .bind(notice)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                let event_id = format!("evt_low_{}", entry.id);
+                let event = webhook_event("balance.low", &event_id, &serde_json::from_str(&notice).unwrap_or_default());
+                let insert = "INSERT INTO outbox (queue, payload, created_at, dedupe_key) VALUES ($1, $2, $3, $4)";
+                for (queue, payload, dedupe_key) in
+                    [(EMAILS_QUEUE, notice, None), (WEBHOOK_EVENTS_QUEUE, event, Some(event_id))]
+                {
+                    sqlx::query(insert).bind(queue).bind(payload).bind(now).bind(dedupe_key).execute(&mut *tx).await?;
+                }
             }
             tx.commit().await?;
             Ok(PostingOutcome::Created(entry))

@@ -12,6 +12,7 @@
 mod email;
 mod relay;
 mod stripe;
+mod webhook;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use apalis_redis::RedisStorage;
 use apalis_sqlite::{Config as QueueConfig, SqliteStorage};
 use creditflow_jobs::emails::{EmailDeps, EmailJob};
 use creditflow_jobs::stripe_events::{Deps, ProcessStripeEventV1};
+use creditflow_jobs::webhooks::{DeliverWebhookV1, WebhookDeps};
 use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
@@ -38,6 +40,8 @@ pub struct WorkerSettings {
     pub stripe_concurrency: usize,
     /// Concurrent emails per worker.
     pub email_concurrency: usize,
+    /// Concurrent webhook deliveries per worker.
+    pub webhook_concurrency: usize,
     /// Attempts after the first before a transient failure gives up.
     pub retries: usize,
     /// Backoff before the first retry; it doubles (with jitter) up to `retry_delay_max`.
@@ -53,6 +57,7 @@ impl Default for WorkerSettings {
         Self {
             stripe_concurrency: 4,
             email_concurrency: 4,
+            webhook_concurrency: 8,
             retries: 5,
             retry_delay_min: Duration::from_millis(500),
             retry_delay_max: Duration::from_secs(60),
@@ -69,8 +74,17 @@ pub struct Queues {
 
 #[derive(Clone, Debug)]
 enum QueueBackend {
-    Sqlite { pool: SqlitePool, stripe_events: SqliteStorage<ProcessStripeEventV1>, emails: SqliteStorage<EmailJob> },
-    Redis { stripe_events: RedisStorage<ProcessStripeEventV1>, emails: RedisStorage<EmailJob> },
+    Sqlite {
+        pool: SqlitePool,
+        stripe_events: SqliteStorage<ProcessStripeEventV1>,
+        emails: SqliteStorage<EmailJob>,
+        webhooks: SqliteStorage<DeliverWebhookV1>,
+    },
+    Redis {
+        stripe_events: RedisStorage<ProcessStripeEventV1>,
+        emails: RedisStorage<EmailJob>,
+        webhooks: RedisStorage<DeliverWebhookV1>,
+    },
 }
 
 /// What the handlers of every pool need.
@@ -80,7 +94,12 @@ pub struct Handlers {
     pub stripe: Deps,
     /// Email sending.
     pub email: EmailDeps,
+    /// Outgoing webhooks.
+    pub webhooks: WebhookDeps,
 }
+
+/// The queue delivering events to monitoring endpoints.
+pub const WEBHOOKS_QUEUE: &str = "webhooks";
 
 /// Key prefix of creditflow's queues in Redis.
 const REDIS_QUEUE_PREFIX: &str = "creditflow";
@@ -114,8 +133,9 @@ impl Queues {
             let connection = apalis_redis::connect(url).await.map_err(|error| QueueError::Redis(error.to_string()))?;
             let config = |queue: &str| apalis_redis::Config::default().queue(format!("{namespace}:{queue}"));
             let stripe_events = RedisStorage::new(connection.clone()).with_config(config(STRIPE_EVENTS_QUEUE));
-            let emails = RedisStorage::new(connection).with_config(config(EMAILS_QUEUE));
-            return Ok(Self { backend: QueueBackend::Redis { stripe_events, emails } });
+            let emails = RedisStorage::new(connection.clone()).with_config(config(EMAILS_QUEUE));
+            let webhooks = RedisStorage::new(connection).with_config(config(WEBHOOKS_QUEUE));
+            return Ok(Self { backend: QueueBackend::Redis { stripe_events, emails, webhooks } });
         }
         if !url.starts_with("sqlite:") || url.contains(":memory:") {
             return Err(QueueError::UnsupportedUrl(url.to_owned()));
@@ -126,7 +146,8 @@ impl Queues {
         SqliteStorage::setup(&pool).await.map_err(|error| QueueError::Setup(error.to_string()))?;
         let stripe_events = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(STRIPE_EVENTS_QUEUE));
         let emails = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(EMAILS_QUEUE));
-        Ok(Self { backend: QueueBackend::Sqlite { pool, stripe_events, emails } })
+        let webhooks = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(WEBHOOKS_QUEUE));
+        Ok(Self { backend: QueueBackend::Sqlite { pool, stripe_events, emails, webhooks } })
     }
 
     /// Jobs of `queue` by status, from the embedded queue's own table. `None` on Redis, whose apalis 1.0 listing
@@ -146,6 +167,14 @@ impl Queues {
             QueueBackend::Redis { stripe_events, .. } => {
                 stripe_events.clone().push(job).await.map_err(|e| e.to_string())
             }
+        }
+    }
+
+    /// Pushes a webhook delivery job.
+    pub(crate) async fn push_webhook(&self, job: DeliverWebhookV1) -> Result<(), String> {
+        match &self.backend {
+            QueueBackend::Sqlite { webhooks, .. } => webhooks.clone().push(job).await.map_err(|e| e.to_string()),
+            QueueBackend::Redis { webhooks, .. } => webhooks.clone().push(job).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -170,7 +199,8 @@ pub async fn run(
     let backoff =
         ExponentialBackoffMaker::new(settings.retry_delay_min, settings.retry_delay_max, 0.5, HasherRng::default())
             .map_err(|error| std::io::Error::other(format!("retry backoff settings: {error}")))?;
-    let relay = tokio::spawn(relay::run(store, queues.clone(), relay_stopped));
+    let endpoints = handlers.webhooks.endpoints.clone();
+    let relay = tokio::spawn(relay::run(store, queues.clone(), endpoints, relay_stopped));
     let retry = settings.clone();
     // The same workers on either storage; a fresh, unique name on every (re)start, as apalis refuses a name it saw
     // within the heartbeat window.
@@ -187,9 +217,9 @@ pub async fn run(
             }
         }};
     }
-    let (stripe_deps, email_deps) = (handlers.stripe, handlers.email);
+    let (stripe_deps, email_deps, webhook_deps) = (handlers.stripe, handlers.email, handlers.webhooks);
     let monitor = match &queues.backend {
-        QueueBackend::Sqlite { stripe_events, emails, .. } => Monitor::new()
+        QueueBackend::Sqlite { stripe_events, emails, webhooks, .. } => Monitor::new()
             .register(worker!(
                 stripe_events.clone(),
                 "stripe-events",
@@ -197,8 +227,9 @@ pub async fn run(
                 stripe_deps,
                 retry.stripe_concurrency
             ))
-            .register(worker!(emails.clone(), "emails", email::handle, email_deps, retry.email_concurrency)),
-        QueueBackend::Redis { stripe_events, emails } => Monitor::new()
+            .register(worker!(emails.clone(), "emails", email::handle, email_deps, retry.email_concurrency))
+            .register(worker!(webhooks.clone(), "webhooks", webhook::handle, webhook_deps, retry.webhook_concurrency)),
+        QueueBackend::Redis { stripe_events, emails, webhooks } => Monitor::new()
             .register(worker!(
                 stripe_events.clone(),
                 "stripe-events",
@@ -206,7 +237,8 @@ pub async fn run(
                 stripe_deps,
                 retry.stripe_concurrency
             ))
-            .register(worker!(emails.clone(), "emails", email::handle, email_deps, retry.email_concurrency)),
+            .register(worker!(emails.clone(), "emails", email::handle, email_deps, retry.email_concurrency))
+            .register(worker!(webhooks.clone(), "webhooks", webhook::handle, webhook_deps, retry.webhook_concurrency)),
     }
     .shutdown_timeout(settings.shutdown_grace);
     let signal = async move {

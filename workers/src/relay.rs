@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use creditflow_jobs::emails::EmailJob;
 use creditflow_jobs::stripe_events::ProcessStripeEventV1;
-use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store};
+use std::sync::Arc;
+
+use creditflow_jobs::webhooks::{WebhookEndpoint, fan_out};
+use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, WEBHOOK_EVENTS_QUEUE};
 use tokio::sync::watch;
 
 use crate::Queues;
@@ -14,7 +17,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 const ERROR_WAIT: Duration = Duration::from_secs(1);
 
 /// Relays every unrelayed outbox message once; returns how many were relayed.
-pub async fn relay_once(store: &Store, queues: &Queues) -> Result<usize, String> {
+pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndpoint]) -> Result<usize, String> {
     let messages = store.unrelayed_outbox(BATCH).await.map_err(|e| e.to_string())?;
     let mut relayed = 0;
     for message in messages {
@@ -43,6 +46,20 @@ pub async fn relay_once(store: &Store, queues: &Queues) -> Result<usize, String>
                 };
                 queues.push_email(job).await.map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
             }
+            WEBHOOK_EVENTS_QUEUE => match fan_out(endpoints, &message.payload) {
+                Ok(deliveries) => {
+                    for delivery in deliveries {
+                        queues
+                            .push_webhook(delivery)
+                            .await
+                            .map_err(|e| format!("cannot queue a webhook delivery: {e}"))?;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(id = message.id, %error, "outbox event does not decode; left in place");
+                    continue;
+                }
+            },
             other => {
                 tracing::error!(id = message.id, queue = other, "outbox message for an unknown queue; left in place");
                 continue;
@@ -55,9 +72,14 @@ pub async fn relay_once(store: &Store, queues: &Queues) -> Result<usize, String>
 }
 
 /// Relays until `stop` says so.
-pub(crate) async fn run(store: Store, queues: Queues, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    store: Store,
+    queues: Queues,
+    endpoints: Arc<Vec<WebhookEndpoint>>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
-        let wait = match relay_once(&store, &queues).await {
+        let wait = match relay_once(&store, &queues, &endpoints).await {
             Ok(count) if count > 0 => Duration::ZERO,
             Ok(_) => IDLE_WAIT,
             Err(error) => {

@@ -9,9 +9,54 @@ use creditflow_domain::{
 };
 use creditflow_jobs::emails::{EmailDeps, Mailer};
 use creditflow_jobs::stripe_events::Deps;
+use creditflow_jobs::webhooks::{WebhookDeps, WebhookEndpoint, sign};
 use creditflow_store::{ReceivedEvent, Store};
 use creditflow_testkit::{TestBackend, TestDatabase};
 use creditflow_workers::{Handlers, Queues, WorkerSettings, run};
+
+const SECRET: &str = "monitoring-shared-secret";
+
+/// A monitoring endpoint that answers `status` and records the types of the events whose signature verifies.
+struct Receiver {
+    url: String,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    attempts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Receiver {
+    async fn start(status: u16) -> Self {
+        use poem::listener::{Acceptor, Listener};
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (record, count) = (seen.clone(), attempts.clone());
+        let endpoint = poem::endpoint::make(move |request: poem::Request| {
+            let (record, count) = (record.clone(), count.clone());
+            async move {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let header = request.header("creditflow-signature").unwrap_or("").to_owned();
+                let body = request.into_body().into_string().await.unwrap_or_default();
+                let timestamp: i64 = header.split(',').find_map(|p| p.strip_prefix("t=")?.parse().ok()).unwrap_or(0);
+                if header == sign(SECRET, timestamp, &body) {
+                    let event: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    record.lock().expect("lock").push(event["type"].as_str().unwrap_or("").to_owned());
+                }
+                poem::http::StatusCode::from_u16(status).unwrap_or(poem::http::StatusCode::OK)
+            }
+        });
+        let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind");
+        let address = *acceptor.local_addr()[0].as_socket_addr().expect("address");
+        tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
+        Self { url: format!("http://{address}/hook"), seen, attempts }
+    }
+
+    fn types(&self) -> Vec<String> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    fn attempts(&self) -> usize {
+        self.attempts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 fn event(id: &str, metadata: &serde_json::Value) -> String {
     serde_json::json!({
@@ -30,6 +75,21 @@ where
     while !condition().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn usage_debit(account: &AccountId, key: &str, millicredits: i64) -> Posting {
+    Posting {
+        account_id: account.clone(),
+        kind: EntryKind::UsageDebit,
+        amount: Millicredits::new(-millicredits),
+        idempotency_key: key.into(),
+        correlation_id: None,
+        rate_version: Some(RateVersion::new("v1").expect("valid")),
+        source_ref: None,
+        reason: None,
+        overdraft: Overdraft::Forbid,
+        spend_cap: None,
     }
 }
 
@@ -52,6 +112,17 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
     )
     .expect("packs");
     let mail_folder = tempfile::tempdir().expect("tempdir");
+    let monitoring = Receiver::start(200).await;
+    let broken = Receiver::start(500).await;
+    let endpoints = vec![
+        WebhookEndpoint { id: "ops".into(), url: monitoring.url.clone(), secret: SECRET.into(), events: vec![] },
+        WebhookEndpoint {
+            id: "broken".into(),
+            url: broken.url.clone(),
+            secret: SECRET.into(),
+            events: vec!["purchase.succeeded".into()],
+        },
+    ];
     let handlers = Handlers {
         stripe: Deps { store: store.clone(), packs: Arc::new(packs), freeze_on_dispute: true },
         email: EmailDeps {
@@ -59,8 +130,14 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
             mailer: Arc::new(Mailer::outbox(mail_folder.path().to_path_buf()).expect("outbox")),
             from: "creditflow <billing@creditflow.test>".parse().expect("mailbox"),
         },
+        webhooks: WebhookDeps::new(endpoints).expect("client"),
     };
-    let settings = WorkerSettings { retry_delay_min: Duration::from_millis(10), ..WorkerSettings::default() };
+    let settings = WorkerSettings {
+        retry_delay_min: Duration::from_millis(10),
+        retry_delay_max: Duration::from_millis(100),
+        shutdown_grace: Duration::from_secs(5),
+        ..WorkerSettings::default()
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let workers = tokio::spawn(run(store.clone(), handlers, queues.clone(), settings, async move {
         let _ = stopped.await;
@@ -91,7 +168,8 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
         let counts = queues.counts("stripe_events").await.expect("counts").expect("embedded queue");
         assert_eq!(counts, vec![("Done".to_owned(), 1), ("Killed".to_owned(), 1)], "the foreign event is not retried");
     }
-    assert!(store.unrelayed_outbox(10).await.expect("outbox").is_empty(), "everything was relayed");
+    wait_for("everything to be relayed", || async { store.unrelayed_outbox(10).await.expect("outbox").is_empty() })
+        .await;
 
     // A debit that crosses alice's low-balance threshold is emailed once, through the emails queue.
     let settings = AccountSettings {
@@ -100,21 +178,15 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
         ..AccountSettings::default()
     };
     store.put_settings(&alice, &settings).await.expect("settings");
-    let debit = Posting {
-        account_id: alice.clone(),
-        kind: EntryKind::UsageDebit,
-        amount: Millicredits::new(-4_500_000),
-        idempotency_key: "big-job".into(),
-        correlation_id: None,
-        rate_version: Some(RateVersion::new("v1").expect("valid")),
-        source_ref: None,
-        reason: None,
-        overdraft: Overdraft::Forbid,
-        spend_cap: None,
-    };
+    let debit = usage_debit(&alice, "big-job", 4_500_000);
     store.post(&debit).await.expect("debited");
     let emails = || std::fs::read_dir(mail_folder.path()).expect("folder").count();
     wait_for("the low-balance email", || async { emails() == 1 }).await;
+    wait_for("both events at the monitoring endpoint", || async { monitoring.types().len() >= 2 }).await;
+    let mut types = monitoring.types();
+    types.sort();
+    assert_eq!(types, ["balance.low", "purchase.succeeded"], "each event delivered, signatures verified");
+    wait_for("retries at the failing endpoint", || async { broken.attempts() >= 3 }).await;
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), workers)
