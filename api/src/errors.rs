@@ -102,13 +102,25 @@ impl ApiError {
 
 impl From<creditflow_store::StoreError> for ApiError {
     fn from(error: creditflow_store::StoreError) -> Self {
-        Self::internal(&error)
+        match error {
+            creditflow_store::StoreError::Contention(_) => Self::Unavailable(Json(ErrorBody::new(
+                "unavailable",
+                "too many concurrent writes to this account; retry with the same idempotency key",
+            ))),
+            other => Self::internal(&other),
+        }
     }
 }
 
 impl From<crate::auth::Denied> for ApiError {
     fn from(denied: crate::auth::Denied) -> Self {
-        Self::forbidden(denied.to_string())
+        match denied {
+            // Malformed or missing input, not a permission problem.
+            crate::auth::Denied::AccountRequired | crate::auth::Denied::BadAccountId => {
+                Self::invalid(denied.to_string())
+            }
+            crate::auth::Denied::Role(_) | crate::auth::Denied::OtherAccount => Self::forbidden(denied.to_string()),
+        }
     }
 }
 

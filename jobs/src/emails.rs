@@ -1,9 +1,10 @@
 //! Email jobs: the low-balance notice, sent through SMTP in production or written as `.eml` files to an outbox
 //! folder on the embedded setup (lettre's file transport), with plain-text and HTML parts.
 //!
-//! A notice is queued by the posting that crossed the threshold (in its transaction). Sending is recorded under a
-//! key (`low_balance:<entry id>`), so a job delivered twice sends once; a crash between sending and recording can
-//! send twice, the usual at-least-once of email.
+//! A notice is queued by the posting that crossed the threshold (in its transaction). A send is claimed under a key
+//! (`low_balance:<entry id>`) before it happens, so two deliveries of one job send once; a failed send gives the
+//! claim back for the retry. A crash after the claim and before the send loses that one email: for a notice, once
+//! at most beats twice.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,9 +111,6 @@ pub async fn send_email(job: &EmailJob, deps: &EmailDeps) -> Result<Emailed, Job
 
 async fn low_balance(notice: &LowBalanceEmailV1, deps: &EmailDeps) -> Result<Emailed, JobError> {
     let key = format!("low_balance:{}", notice.entry_id);
-    if deps.store.notification_sent(&key).await? {
-        return Ok(Emailed::AlreadySent);
-    }
     let account = AccountId::new(notice.account_id.clone())
         .map_err(|_| JobError::Permanent(format!("bad account id {}", notice.account_id)))?;
     let Some(address) = deps.store.settings(&account).await?.email else { return Ok(Emailed::NoAddress) };
@@ -122,8 +120,8 @@ async fn low_balance(notice: &LowBalanceEmailV1, deps: &EmailDeps) -> Result<Ema
     let balance = Millicredits::new(notice.balance_millicredits);
     let threshold = Millicredits::new(notice.threshold_millicredits);
     let text = format!(
-        "Your balance is {balance} credits, below the {threshold} credits you asked to be told about.\\n\\n\
-         Buy a credit pack or turn on autoreload to keep your requests going.\\n"
+        "Your balance is {balance} credits, below the {threshold} credits you asked to be told about.\n\n\
+         Buy a credit pack or turn on autoreload to keep your requests going.\n"
     );
     let html = format!(
         "<p>Your balance is <strong>{balance} credits</strong>, below the {threshold} credits you asked to be told \
@@ -135,8 +133,13 @@ async fn low_balance(notice: &LowBalanceEmailV1, deps: &EmailDeps) -> Result<Ema
         .subject(format!("Your balance is low: {balance} credits"))
         .multipart(MultiPart::alternative_plain_html(text, html))
         .map_err(|error| JobError::Permanent(format!("cannot build the email: {error}")))?;
-    deps.mailer.send(message).await.map_err(|error| JobError::Transient(format!("cannot send the email: {error}")))?;
-    deps.store.record_notification(&key, account.as_str()).await?;
+    if !deps.store.claim_notification(&key, account.as_str()).await? {
+        return Ok(Emailed::AlreadySent);
+    }
+    if let Err(error) = deps.mailer.send(message).await {
+        deps.store.release_notification(&key).await?;
+        return Err(JobError::Transient(format!("cannot send the email: {error}")));
+    }
     tracing::info!(%account, entry = %notice.entry_id, "low-balance email sent");
     Ok(Emailed::Sent)
 }

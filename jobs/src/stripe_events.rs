@@ -128,8 +128,10 @@ async fn purchase_of_charge(object: &Value, deps: &Deps, what: &str) -> Result<P
     let Some(payment_intent) = object["payment_intent"].as_str() else {
         return Err(JobError::Permanent(format!("{what} has no payment_intent")));
     };
+    // The purchase may not be recorded yet when Stripe's events arrive out of order: retry rather than drop it (a
+    // charge that never becomes a creditflow purchase ends dead after the last attempt, for an operator to see).
     deps.store.purchase(payment_intent).await?.ok_or_else(|| {
-        JobError::Permanent(format!("{what} is for payment {payment_intent}, which is not a creditflow purchase"))
+        JobError::Transient(format!("{what} is for payment {payment_intent}, not (yet) a recorded creditflow purchase"))
     })
 }
 
@@ -148,16 +150,18 @@ async fn refund(charge: &Value, previous: &Value, deps: &Deps) -> Result<Process
     let charge_id =
         charge["id"].as_str().ok_or_else(|| JobError::Permanent("charge.refunded without data.object.id".into()))?;
     let purchase = purchase_of_charge(charge, deps, &format!("refunded charge {charge_id}")).await?;
-    let Some(pack) = deps.packs.get(&purchase.pack_id) else {
-        return Err(JobError::Permanent(format!("refunded charge {charge_id}: unknown pack {}", purchase.pack_id)));
+    // Take back a share of what was credited for this payment, not of today's catalogue (a pack can change).
+    let credit_key = format!("payment:{}", purchase.payment_intent_id);
+    let Some(credited) = deps.store.entry_by_key(&purchase.account_id, &credit_key).await? else {
+        return Err(JobError::Transient(format!("refunded charge {charge_id}: its purchase is not credited yet")));
     };
     let paid = charge["amount"].as_i64().unwrap_or(purchase.amount_usd_cents);
     let refunded_now = charge["amount_refunded"].as_i64().unwrap_or(0);
     // Stripe reports the cumulative refund; the event's previous value makes the step this event adds.
     let refunded_before = previous["amount_refunded"].as_i64().unwrap_or(0);
     let overflow = || JobError::Permanent(format!("refunded charge {charge_id}: amounts out of range"));
-    let debit = refunded_share(pack.grant, refunded_now, paid)
-        .zip(refunded_share(pack.grant, refunded_before, paid))
+    let debit = refunded_share(credited.amount, refunded_now, paid)
+        .zip(refunded_share(credited.amount, refunded_before, paid))
         .and_then(|(now, before)| now.checked_sub(before).ok())
         .ok_or_else(overflow)?;
     if !debit.is_positive() {

@@ -115,18 +115,20 @@ impl Store {
 }
 
 impl Store {
-    /// True when the notification `key` was sent already.
-    pub async fn notification_sent(&self, key: &str) -> Result<bool, StoreError> {
-        let sql = "SELECT COUNT(*) FROM notifications_sent WHERE key = $1";
-        let count: i64 = on_backend!(self, |pool, _dialect| sqlx::query_scalar(sql).bind(key).fetch_one(pool).await?);
-        Ok(count > 0)
+    /// Claims the notification `key` for sending: true for the one caller that claims it first, false for every
+    /// later one (so two deliveries of one job cannot both send).
+    pub async fn claim_notification(&self, key: &str, account_id: &str) -> Result<bool, StoreError> {
+        let sql = "INSERT INTO notifications_sent (key, account_id, sent_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING";
+        let inserted = on_backend!(self, |pool, _dialect| {
+            sqlx::query(sql).bind(key).bind(account_id).bind(Timestamp::now()).execute(pool).await?.rows_affected()
+        });
+        Ok(inserted == 1)
     }
 
-    /// Records that the notification `key` was sent (a second record of the same key changes nothing).
-    pub async fn record_notification(&self, key: &str, account_id: &str) -> Result<(), StoreError> {
-        let sql = "INSERT INTO notifications_sent (key, account_id, sent_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING";
+    /// Gives a claim back after sending failed, so a retry can send.
+    pub async fn release_notification(&self, key: &str) -> Result<(), StoreError> {
         on_backend!(self, |pool, _dialect| {
-            sqlx::query(sql).bind(key).bind(account_id).bind(Timestamp::now()).execute(pool).await?;
+            sqlx::query("DELETE FROM notifications_sent WHERE key = $1").bind(key).execute(pool).await?;
         });
         Ok(())
     }

@@ -99,7 +99,8 @@ const SQLITE: Dialect =
 /// PostgreSQL: read committed plus a row lock on the account serialises postings to one account only.
 /// Read committed takes a new snapshot per statement, so multi-query reads ask for repeatable read.
 const POSTGRES: Dialect = Dialect {
-    begin_write: None,
+    // Explicit, so a server whose default is stricter cannot turn lock waits into serialization failures.
+    begin_write: Some("BEGIN ISOLATION LEVEL READ COMMITTED"),
     begin_snapshot: Some("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
     lock_account: ACCOUNT_COLUMNS_LOCKED_POSTGRES,
 };

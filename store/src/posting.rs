@@ -186,6 +186,22 @@ impl Store {
         })
     }
 
+    /// The entry created under `idempotency_key` on the account, if any.
+    pub async fn entry_by_key(
+        &self,
+        account_id: &AccountId,
+        idempotency_key: &str,
+    ) -> Result<Option<Entry>, StoreError> {
+        let row: Option<EntryRow> = on_backend!(self, |pool, _dialect| {
+            sqlx::query_as(SELECT_ENTRY_BY_KEY)
+                .bind(account_id.as_str())
+                .bind(idempotency_key)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(Entry::try_from).transpose()
+    }
+
     /// An account's entries with a sequence above `after_sequence`, oldest first, at most `limit`.
     pub async fn entries(
         &self,

@@ -26,8 +26,7 @@ pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndp
                 let job: ProcessStripeEventV1 = match serde_json::from_str(&message.payload) {
                     Ok(job) => job,
                     Err(error) => {
-                        // Only creditflow writes the outbox, so this is a bug: say so and leave the row for a fix.
-                        tracing::error!(id = message.id, %error, "outbox message does not decode; left in place");
+                        set_aside(store, message.id, &error.to_string()).await?;
                         continue;
                     }
                 };
@@ -40,7 +39,7 @@ pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndp
                 let job: EmailJob = match serde_json::from_str(&message.payload) {
                     Ok(job) => job,
                     Err(error) => {
-                        tracing::error!(id = message.id, %error, "outbox message does not decode; left in place");
+                        set_aside(store, message.id, &error.to_string()).await?;
                         continue;
                     }
                 };
@@ -56,12 +55,12 @@ pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndp
                     }
                 }
                 Err(error) => {
-                    tracing::error!(id = message.id, %error, "outbox event does not decode; left in place");
+                    set_aside(store, message.id, &error).await?;
                     continue;
                 }
             },
             other => {
-                tracing::error!(id = message.id, queue = other, "outbox message for an unknown queue; left in place");
+                set_aside(store, message.id, &format!("unknown queue `{other}`")).await?;
                 continue;
             }
         }
@@ -69,6 +68,13 @@ pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndp
         relayed += 1;
     }
     Ok(relayed)
+}
+
+/// Takes a message that cannot be relayed out of the way (it stays in the outbox, marked, for an operator), so it
+/// never blocks the messages behind it. Only creditflow writes the outbox: this is a bug or version skew.
+async fn set_aside(store: &Store, id: i64, why: &str) -> Result<(), String> {
+    tracing::error!(id, why, "outbox message cannot be relayed; set aside (still in the outbox table)");
+    store.mark_outbox_relayed(id).await.map_err(|e| e.to_string())
 }
 
 /// Relays until `stop` says so.

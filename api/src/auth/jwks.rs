@@ -24,6 +24,8 @@ struct CachedKey {
 struct Snapshot {
     keys: HashMap<String, CachedKey>,
     fetched_at: Option<Instant>,
+    /// The last fetch attempt, failed or not: the minimum refresh interval counts from here.
+    attempted_at: Option<Instant>,
 }
 
 pub(super) struct JwksCache {
@@ -51,13 +53,19 @@ impl JwksCache {
         if let Some(key) = self.lookup(kid, algorithm, false).await {
             return Some(key);
         }
+        // Within the minimum interval after any attempt, answer from what is known without queueing on a fetch:
+        // an identity provider that is down must not make every request wait for it.
+        if self.attempted_recently().await {
+            return self.lookup(kid, algorithm, true).await;
+        }
         let _fetching = self.fetching.lock().await;
         // Another request may have fetched while this one waited.
         if let Some(key) = self.lookup(kid, algorithm, false).await {
             return Some(key);
         }
-        let recently = self.snapshot.read().await.fetched_at.is_some_and(|at| at.elapsed() < self.min_refresh);
-        if !recently && let Err(error) = self.fetch().await {
+        if !self.attempted_recently().await
+            && let Err(error) = self.fetch().await
+        {
             tracing::warn!(%error, "JWKS fetch failed; keeping the keys already known");
         }
         self.lookup(kid, algorithm, true).await
@@ -81,7 +89,12 @@ impl JwksCache {
         algorithm_fits.then(|| cached.key.clone())
     }
 
+    async fn attempted_recently(&self) -> bool {
+        self.snapshot.read().await.attempted_at.is_some_and(|at| at.elapsed() < self.min_refresh)
+    }
+
     async fn fetch(&self) -> Result<(), String> {
+        self.snapshot.write().await.attempted_at = Some(Instant::now());
         let response = self.client.get(&self.url).send().await.map_err(|e| format!("GET {}: {e}", self.url))?;
         let set: JwkSet = response
             .error_for_status()
@@ -97,7 +110,8 @@ impl JwksCache {
             keys.insert(kid, CachedKey { key, declared: jwk.common.key_algorithm, family_algorithm });
         }
         tracing::info!(url = %self.url, keys = keys.len(), "JWKS fetched");
-        *self.snapshot.write().await = Snapshot { keys, fetched_at: Some(Instant::now()) };
+        let now = Instant::now();
+        *self.snapshot.write().await = Snapshot { keys, fetched_at: Some(now), attempted_at: Some(now) };
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ pub(crate) struct AdminApi;
 #[oai(rename_all = "camelCase")]
 pub(crate) struct AdjustmentRequest {
     /// Your key for this adjustment; a retry with the same key and content changes nothing.
-    #[oai(validator(min_length = 1, max_length = 255))]
+    #[oai(validator(min_length = 1, max_length = 240))]
     idempotency_key: String,
     /// Signed amount in millicredits: positive credits the account, negative debits it.
     amount_millicredits: i64,
@@ -245,7 +245,8 @@ impl AdminApi {
             account_id: id.clone(),
             kind: EntryKind::Adjustment,
             amount: Millicredits::new(request.amount_millicredits),
-            idempotency_key: request.idempotency_key,
+            // Operators' keys live in their own namespace, apart from callers' and creditflow's jobs'.
+            idempotency_key: format!("admin:{}", request.idempotency_key),
             correlation_id: request.correlation_id,
             rate_version: None,
             source_ref: Some(format!("admin:{}", auth.0.subject)),

@@ -29,8 +29,8 @@ pub(crate) struct UsageApi;
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub(crate) struct ReconcileRequest {
-    /// Your key for this request (1 to 255 printable ASCII characters); retries must reuse it.
-    #[oai(validator(min_length = 1, max_length = 255))]
+    /// Your key for this request (1 to 240 printable ASCII characters); retries must reuse it.
+    #[oai(validator(min_length = 1, max_length = 240))]
     idempotency_key: String,
     /// Ties the debit to your request or trace; recorded on the ledger line.
     #[oai(validator(max_length = 255))]
@@ -94,6 +94,20 @@ impl UsageApi {
         let Some(active) = store.rate_card_for(&account_id, now).await? else {
             return Err(ApiError::Unavailable(Json(ErrorBody::new("unavailable", "no rate card is active"))));
         };
+        let fingerprint = fingerprint(account_id.as_str(), &request);
+        // Callers' keys live in their own namespace, apart from the keys creditflow's jobs use (`payment:...`).
+        let key = format!("{CALLER_KEY_PREFIX}{}", request.idempotency_key);
+        // A retry is answered from the first entry before anything is priced: the rate card may have changed since.
+        if let Some(first) = store.entry_by_key(&account_id, &key).await? {
+            if first.source_ref.as_deref() != Some(fingerprint.as_str()) {
+                let message = "this idempotency key was already used for a different request";
+                return Err(ApiError::Conflict(Json(ErrorBody::new("idempotency_conflict", message))));
+            }
+            let amount = first.amount.checked_neg().unwrap_or(Millicredits::MAX);
+            let version = first.rate_version.as_ref().map_or_else(String::new, ToString::to_string);
+            let body = reconciled(&account_id, &request, Some(first.id), amount, first.balance_after, version);
+            return Ok(ReconcileResponse::Ok(Json(body), "true".to_owned()));
+        }
         let charge = price(&active.card, &request)?;
         store.create_account(&account_id).await?;
         let spend_cap = store
@@ -101,18 +115,9 @@ impl UsageApi {
             .await?
             .daily_spend_cap
             .map(|limit| SpendCap { limit, window_start: now.replace_time(time::Time::MIDNIGHT) });
-        let fingerprint = fingerprint(account_id.as_str(), &request);
-        let answer =
-            |entry_id: Option<String>, amount: Millicredits, balance: Millicredits, version: String| Reconciled {
-                entry_id,
-                account_id: account_id.to_string(),
-                charge_millicredits: amount.get(),
-                charge_credits: credits(amount),
-                balance_millicredits: balance.get(),
-                balance_credits: credits(balance),
-                rate_version: version,
-                correlation_id: request.correlation_id.clone(),
-            };
+        let answer = |entry_id: Option<String>, amount: Millicredits, balance: Millicredits, version: String| {
+            reconciled(&account_id, &request, entry_id, amount, balance, version)
+        };
         if charge.amount == Millicredits::ZERO {
             let balance = store.account(&account_id).await?.map_or(Millicredits::ZERO, |account| account.balance);
             let body = answer(None, Millicredits::ZERO, balance, charge.rate_version.to_string());
@@ -122,7 +127,7 @@ impl UsageApi {
             account_id: account_id.clone(),
             kind: EntryKind::UsageDebit,
             amount: charge.amount.checked_neg().map_err(|_| ApiError::invalid("the charge is too large"))?,
-            idempotency_key: request.idempotency_key.clone(),
+            idempotency_key: key,
             correlation_id: request.correlation_id.clone(),
             rate_version: Some(charge.rate_version.clone()),
             source_ref: Some(fingerprint.clone()),
@@ -175,6 +180,29 @@ impl UsageApi {
         let version = entry.rate_version.as_ref().map_or_else(String::new, ToString::to_string);
         let body = answer(Some(entry.id), amount, entry.balance_after, version);
         Ok(ReconcileResponse::Ok(Json(body), replayed.to_string()))
+    }
+}
+
+/// Prefix of callers' idempotency keys in the ledger.
+pub(crate) const CALLER_KEY_PREFIX: &str = "api:";
+
+fn reconciled(
+    account_id: &creditflow_domain::AccountId,
+    request: &ReconcileRequest,
+    entry_id: Option<String>,
+    amount: Millicredits,
+    balance: Millicredits,
+    rate_version: String,
+) -> Reconciled {
+    Reconciled {
+        entry_id,
+        account_id: account_id.to_string(),
+        charge_millicredits: amount.get(),
+        charge_credits: credits(amount),
+        balance_millicredits: balance.get(),
+        balance_credits: credits(balance),
+        rate_version,
+        correlation_id: request.correlation_id.clone(),
     }
 }
 

@@ -153,7 +153,7 @@ async fn customers_see_only_their_own_account() {
     assert_eq!(status, 403, "finance changes nothing");
     let service = TestApp::token("gateway", "service");
     let (status, body) = status_and_json(app.get("/api/balance", &service).await).await;
-    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    assert_eq!((status, body["code"].as_str()), (422, Some("invalid_request")), "a service must name the account");
     let (status, body) = status_and_json(app.get("/api/balance?accountId=nobody", &service).await).await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
 }

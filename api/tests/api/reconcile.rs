@@ -63,6 +63,34 @@ async fn debits_replays_and_refusals(backend: TestBackend) {
     let (status, replay) = status_and_json(app.reconcile(&alice, &usage("A", 720)).await).await;
     assert_eq!((status, &replay), (200, &first), "a replay keeps its first answer under a new card");
     assert_eq!(app.balance("alice").await, 3_200);
+    // Even when the newest card no longer has the model, a replay is answered from the first entry (not a 422).
+    app.add_and_activate("version = \"v3\"\nrounding = \"ceil\"\n[models.other]\nx = 1\n").await;
+    let (status, replay) = status_and_json(app.reconcile(&alice, &usage("A", 720)).await).await;
+    assert_eq!((status, &replay), (200, &first));
+}
+
+#[tokio::test]
+async fn callers_cannot_take_the_keys_creditflow_uses_for_payments() {
+    let app = TestApp::on(TestBackend::Sqlite).await;
+    app.fund("mal", 10_000).await;
+    let mallory = TestApp::token("mal", "customer");
+    // A debit under the key a purchase credit for pi_X would use...
+    assert_eq!(app.reconcile(&mallory, &usage("payment:pi_X", 4)).await.status(), 200);
+    // ...does not stop that purchase from being credited.
+    let credit = creditflow_domain::Posting {
+        account_id: creditflow_domain::AccountId::new("mal").expect("valid"),
+        kind: creditflow_domain::EntryKind::PurchaseCredit,
+        amount: creditflow_domain::Millicredits::new(5_000),
+        idempotency_key: "payment:pi_X".into(),
+        correlation_id: None,
+        rate_version: None,
+        source_ref: Some("pi_X".into()),
+        reason: None,
+        overdraft: creditflow_domain::Overdraft::Forbid,
+        spend_cap: None,
+    };
+    let outcome = app.store.post(&credit).await.expect("posted");
+    assert!(matches!(outcome, creditflow_domain::PostingOutcome::Created(_)), "{outcome:?}");
 }
 
 #[tokio::test]
