@@ -212,3 +212,36 @@ async fn pipeline_on_postgres_with_the_embedded_queue() {
 async fn pipeline_on_postgres_with_the_redis_queue() {
     pipeline(TestBackend::Postgres, QueueOn::Redis).await;
 }
+
+#[tokio::test]
+async fn rows_that_cannot_be_relayed_are_set_aside_not_blocking_the_rest() {
+    use sqlx::Connection as _;
+    let database = TestDatabase::new(TestBackend::Sqlite).await;
+    let store = Store::connect(&database.url, 4).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let queue_dir = tempfile::tempdir().expect("tempdir");
+    let queues =
+        Queues::open(&format!("sqlite://{}", queue_dir.path().join("queue.db").display())).await.expect("queue");
+    // Rows only a bug or a newer version would write, ahead of a good one.
+    let mut raw = sqlx::SqliteConnection::connect(&database.url).await.expect("connect");
+    for (queue, payload) in
+        [("stripe_events", "{not json"), ("emails", r#"{"kind":"from_the_future"}"#), ("nowhere", "{}")]
+    {
+        sqlx::query("INSERT INTO outbox (queue, payload, created_at) VALUES ($1, $2, '2026-01-01T00:00:00.000000Z')")
+            .bind(queue)
+            .bind(payload)
+            .execute(&mut raw)
+            .await
+            .expect("insert");
+    }
+    let payload = event("evt_after", &serde_json::json!({}));
+    let good =
+        ReceivedEvent { id: "evt_after", event_type: "payment_intent.succeeded", livemode: false, payload: &payload };
+    store.receive_stripe_event(&good).await.expect("stored");
+
+    let relayed = creditflow_workers::relay_once(&store, &queues, &[]).await.expect("relay");
+    assert_eq!(relayed, 1, "the good row is relayed");
+    assert!(store.unrelayed_outbox(10).await.expect("outbox").is_empty(), "bad rows no longer stand in the way");
+    let counts = queues.counts("stripe_events").await.expect("counts").expect("embedded queue");
+    assert_eq!(counts, vec![("Pending".to_owned(), 1)]);
+}

@@ -157,3 +157,25 @@ async fn customers_see_only_their_own_account() {
     let (status, body) = status_and_json(app.get("/api/balance?accountId=nobody", &service).await).await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
 }
+
+#[tokio::test]
+async fn an_identity_provider_outage_is_not_hammered() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let down = poem::endpoint::make(move |_| {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            poem::http::StatusCode::SERVICE_UNAVAILABLE
+        }
+    });
+    let url = format!("{}/jwks.json", crate::helpers::serve(down).await);
+    let app = TestApp::spawn(TestBackend::Sqlite, Auth::Jwks { url, min_refresh_seconds: 300 }).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "one attempt at start");
+    for n in 0..10 {
+        let token = Claims::new("alice", "customer").sign(TestKey::Rsa1, Some(&format!("k{n}")));
+        assert_eq!(attempt(&app, Some(&token)).await.0, 401);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "failed attempts count towards the minimum refresh interval too");
+}
