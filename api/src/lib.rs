@@ -16,7 +16,6 @@ mod protection;
 mod request_id;
 mod routes;
 mod security;
-mod stripe_signature;
 
 use std::sync::Arc;
 
@@ -29,12 +28,14 @@ use poem_openapi::OpenApiService;
 use tokio::io::AsyncReadExt as _;
 
 pub use auth::{AuthSettings, Authenticator, DevKey};
+pub use creditflow_domain::signature::{
+    SignatureError, sign as sign_stripe_payload, verify as verify_stripe_signature,
+};
 pub use errors::{ApiError, ErrorBody};
 pub use limits::{RateLimiter, Verdict};
 pub use protection::CorsAllowlist;
 pub use request_id::{REQUEST_ID_HEADER, RequestId};
 pub use routes::webhooks::StripeWebhookSettings;
-pub use stripe_signature::{SignatureError, sign as sign_stripe_payload, verify as verify_stripe_signature};
 
 /// Largest request body accepted (1 MiB); larger bodies get 413 `payload_too_large`.
 pub const BODY_SIZE_MAX_BYTES: usize = 1 << 20;

@@ -12,6 +12,7 @@ pub mod pricing;
 pub mod rate_card;
 pub mod rollout;
 pub mod settings;
+pub mod signature;
 
 pub use ledger::{
     AccountId, AccountState, AccountStatus, Decision, Entry, EntryKind, Overdraft, Posting, PostingInvalid,

@@ -9,9 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 use crate::JobError;
 
@@ -61,12 +59,9 @@ pub fn fan_out(endpoints: &[WebhookEndpoint], event: &str) -> Result<Vec<Deliver
         .collect())
 }
 
-/// `t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
+/// `t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>.<body>">` (the scheme of [`creditflow_domain::signature`]).
 pub fn sign(secret: &str, timestamp: i64, body: &str) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
-    mac.update(format!("{timestamp}.{body}").as_bytes());
-    format!("t={timestamp},v1={:x}", mac.finalize().into_bytes())
+    creditflow_domain::signature::sign(body.as_bytes(), secret, timestamp)
 }
 
 /// What deliveries need.

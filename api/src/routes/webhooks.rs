@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::errors::ErrorBody;
-use crate::stripe_signature;
+use creditflow_domain::signature as stripe_signature;
 
 /// Counted by `source` and `status` (`ok`, `duplicate`, `invalid_signature`, `malformed`, `not_configured`, `error`).
 pub(crate) const WEBHOOK_EVENTS: &str = "webhook_events_total";

@@ -1,6 +1,7 @@
-//! Verifying the `Stripe-Signature` header: `t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (several `v1`
-//! values may appear while Stripe rolls a secret). The timestamp must be within the tolerance of now, in either
-//! direction, so a captured request cannot be replayed later; signatures are compared in constant time.
+//! Webhook signatures: `t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, the scheme of Stripe's
+//! `Stripe-Signature` header, which creditflow also uses to sign its own outgoing webhooks (`Creditflow-Signature`).
+//! Several `v1` values may appear while a secret is rolled. The timestamp must be within the tolerance of now, in
+//! either direction, so a captured request cannot be replayed later; signatures are compared in constant time.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -56,7 +57,7 @@ pub fn verify(
     Err(SignatureError::Mismatch)
 }
 
-/// Signs `body` as Stripe would at `timestamp` (for tests and `creditflow stripe trigger`).
+/// Signs `body` at `timestamp`: creditflow's outgoing webhooks, and Stripe's scheme for tests and tools.
 pub fn sign(body: &[u8], secret: &str, timestamp: i64) -> String {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
@@ -70,7 +71,10 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| std::str::from_utf8(pair).ok().and_then(|hex| u8::from_str_radix(hex, 16).ok()))
+        .collect()
 }
 
 #[cfg(test)]
