@@ -39,6 +39,10 @@ pub use routes::webhooks::StripeWebhookSettings;
 
 /// Largest request body accepted (1 MiB); larger bodies get 413 `payload_too_large`.
 pub const BODY_SIZE_MAX_BYTES: usize = 1 << 20;
+/// Largest usage batch body accepted (8 MiB: 10,000 events of a few hundred bytes each).
+pub const BATCH_BODY_SIZE_MAX_BYTES: usize = 8 << 20;
+/// The route that takes usage batches, and so the larger body limit.
+const BATCHES_PATH: &str = "/api/usage/batches";
 
 /// What every request handler can reach.
 #[derive(Clone, Debug)]
@@ -60,6 +64,7 @@ pub struct AppState {
 type Operations = (
     routes::probes::ProbesApi,
     routes::usage::UsageApi,
+    routes::batches::BatchesApi,
     routes::account::AccountApi,
     routes::settings::SettingsApi,
     routes::admin::AdminApi,
@@ -70,6 +75,7 @@ fn service() -> OpenApiService<Operations, ()> {
         (
             routes::probes::ProbesApi,
             routes::usage::UsageApi,
+            routes::batches::BatchesApi,
             routes::account::AccountApi,
             routes::settings::SettingsApi,
             routes::admin::AdminApi,
@@ -107,7 +113,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .around(move |next, request| protection::protect(next, request, cors.clone()))
 }
 
-/// Refuses bodies over [`BODY_SIZE_MAX_BYTES`]: at once with 413 when `Content-Length` says so, and by reading at
+/// Refuses bodies over [`BODY_SIZE_MAX_BYTES`] ([`BATCH_BODY_SIZE_MAX_BYTES`] for usage batches): at once with 413 when `Content-Length` says so, and by reading at
 /// most one byte past the limit when the body is chunked (the truncated body then fails to parse with 400).
 async fn limit_body_size<E: Endpoint>(next: E, mut request: Request) -> poem::Result<Response> {
     let declared = request
@@ -115,7 +121,8 @@ async fn limit_body_size<E: Endpoint>(next: E, mut request: Request) -> poem::Re
         .get(poem::http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    let limit = u64::try_from(BODY_SIZE_MAX_BYTES).unwrap_or(u64::MAX);
+    let limit = if request.uri().path() == BATCHES_PATH { BATCH_BODY_SIZE_MAX_BYTES } else { BODY_SIZE_MAX_BYTES };
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
     match declared {
         Some(length) if length > limit => return Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE)),
         Some(_) => {}

@@ -17,6 +17,8 @@ use poem::{IntoResponse, Response};
 pub(crate) const RECONCILE_DEBITS: &str = "billing_reconcile_debits_total";
 /// Reconcile requests refused with 402.
 pub(crate) const RECONCILE_INSUFFICIENT_FUNDS: &str = "billing_reconcile_insufficient_funds_total";
+/// Usage batches accepted (replays not counted).
+pub(crate) const USAGE_BATCHES_ACCEPTED: &str = "billing_usage_batches_accepted_total";
 /// Postings that failed with a storage error (not a refusal).
 pub(crate) const LEDGER_WRITE_FAILURES: &str = "billing_ledger_write_failures_total";
 /// Request durations, by `method`, `route` and `status`.
@@ -38,6 +40,7 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
                     tracing::warn!("another metrics recorder is installed; /metrics will be empty");
                 }
                 metrics::describe_counter!(RECONCILE_DEBITS, "Usage debits written by POST /api/usage/reconcile");
+                metrics::describe_counter!(USAGE_BATCHES_ACCEPTED, "Usage batches accepted by POST /api/usage/batches");
                 metrics::describe_counter!(RECONCILE_INSUFFICIENT_FUNDS, "Reconcile requests refused for funds (402)");
                 metrics::describe_counter!(LEDGER_WRITE_FAILURES, "Ledger postings that failed with a storage error");
                 metrics::describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "HTTP request durations");

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use creditflow_api::{AppState, Authenticator, CorsAllowlist, DevKey, RateLimiter, StripeWebhookSettings, app};
 use creditflow_jobs::emails::{EmailDeps, Mailer};
 use creditflow_jobs::stripe_events::Deps;
+use creditflow_jobs::usage_batches::BatchDeps;
 use creditflow_jobs::webhooks::WebhookDeps;
 use creditflow_store::{NewAuditRecord, RateCardAdded, Store};
 use creditflow_workers::{Handlers, Queues, WorkerSettings};
@@ -158,6 +159,7 @@ fn job_deps(store: &Store, loaded: &Loaded) -> anyhow::Result<Handlers> {
         email: EmailDeps { store: store.clone(), mailer: Arc::new(mailer), from },
         webhooks: WebhookDeps::new(loaded.config.webhook_endpoints.clone())
             .map_err(|message| anyhow::anyhow!("webhooks: {message}"))?,
+        batches: BatchDeps { store: store.clone() },
     })
 }
 

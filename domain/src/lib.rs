@@ -5,6 +5,7 @@
 
 #![warn(clippy::arithmetic_side_effects)]
 
+pub mod batch;
 pub mod ledger;
 pub mod money;
 pub mod packs;
@@ -14,6 +15,7 @@ pub mod rollout;
 pub mod settings;
 pub mod signature;
 
+pub use batch::{BATCH_EVENTS_MAX, Rejection, UsageEvent};
 pub use ledger::{
     AccountId, AccountState, AccountStatus, Decision, Entry, EntryKind, Overdraft, Posting, PostingInvalid,
     PostingOutcome, SpendCap, decide,

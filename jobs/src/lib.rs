@@ -9,6 +9,7 @@
 
 pub mod emails;
 pub mod stripe_events;
+pub mod usage_batches;
 pub mod webhooks;
 
 /// Why a job did not complete.

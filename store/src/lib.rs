@@ -8,6 +8,7 @@
 
 mod accounts;
 mod audit;
+mod batches;
 mod connect;
 mod error;
 mod inbox;
@@ -22,6 +23,7 @@ use sqlx::{Pool, Postgres, Sqlite};
 
 pub use accounts::Account;
 pub use audit::{AuditRecord, NewAuditRecord};
+pub use batches::{BatchResult, BatchStatus, BatchSubmitted, USAGE_BATCHES_QUEUE, UsageBatch};
 pub use connect::redact_url;
 pub use error::StoreError;
 pub use inbox::{OutboxMessage, Received, ReceivedEvent, STRIPE_EVENTS_QUEUE, WEBHOOK_EVENTS_QUEUE};
@@ -82,6 +84,8 @@ struct Dialect {
     begin_snapshot: Option<&'static str>,
     /// Reads an account and locks it for the rest of the transaction.
     lock_account: &'static str,
+    /// An account's entries whose idempotency key is in `$2`, a JSON array of strings.
+    entries_by_keys: &'static str,
 }
 
 const ACCOUNT_COLUMNS_LOCKED_SQLITE: &str = "SELECT a.balance_millicredits, a.status, a.last_sequence, \
@@ -94,8 +98,16 @@ const ACCOUNT_COLUMNS_LOCKED_POSTGRES: &str = "SELECT a.balance_millicredits, a.
 /// SQLite: `BEGIN IMMEDIATE` takes the database write lock up front, so the read of the account and the writes that
 /// follow cannot interleave with another writer (no lost update, no lock upgrade deadlock).
 /// A deferred SQLite transaction reads one WAL snapshot from its first read on.
-const SQLITE: Dialect =
-    Dialect { begin_write: Some("BEGIN IMMEDIATE"), begin_snapshot: None, lock_account: ACCOUNT_COLUMNS_LOCKED_SQLITE };
+const SQLITE: Dialect = Dialect {
+    begin_write: Some("BEGIN IMMEDIATE"),
+    begin_snapshot: None,
+    lock_account: ACCOUNT_COLUMNS_LOCKED_SQLITE,
+    entries_by_keys: concat!(
+        "SELECT ",
+        rows::entry_columns!(),
+        " FROM ledger_entries WHERE account_id = $1 AND idempotency_key IN (SELECT value FROM json_each($2))"
+    ),
+};
 /// PostgreSQL: read committed plus a row lock on the account serialises postings to one account only.
 /// Read committed takes a new snapshot per statement, so multi-query reads ask for repeatable read.
 const POSTGRES: Dialect = Dialect {
@@ -103,6 +115,11 @@ const POSTGRES: Dialect = Dialect {
     begin_write: Some("BEGIN ISOLATION LEVEL READ COMMITTED"),
     begin_snapshot: Some("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
     lock_account: ACCOUNT_COLUMNS_LOCKED_POSTGRES,
+    entries_by_keys: concat!(
+        "SELECT ",
+        rows::entry_columns!(),
+        " FROM ledger_entries WHERE account_id = $1 AND idempotency_key = ANY (SELECT jsonb_array_elements_text($2::jsonb))"
+    ),
 };
 
 /// Runs `$body` with `$pool` bound to the backend's pool and `$dialect` to its [`Dialect`]; `$gate` is the write

@@ -1,8 +1,12 @@
 //! Posting to the ledger: one transaction that locks the account, applies the domain's rules and appends the entry.
 
 use creditflow_domain::{
-    AccountId, AccountState, Decision, Entry, Millicredits, Posting, PostingOutcome, RateVersion, decide,
+    AccountId, AccountState, Decision, Entry, EntryKind, Millicredits, Posting, PostingOutcome, RateVersion, decide,
 };
+use std::collections::HashMap;
+
+use time::OffsetDateTime;
+
 use uuid::Uuid;
 
 use crate::audit::{NewAuditRecord, insert_audit};
@@ -35,11 +39,13 @@ struct LockedAccount {
 
 const SELECT_ENTRY_BY_KEY: &str =
     concat!("SELECT ", entry_columns!(), " FROM ledger_entries WHERE account_id = $1 AND idempotency_key = $2");
-const INSERT_ENTRY: &str = concat!(
-    "INSERT INTO ledger_entries (",
-    entry_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-);
+const INSERT_ENTRIES: &str = concat!("INSERT INTO ledger_entries (", entry_columns!(), ") VALUES ");
+/// Columns bound per inserted entry.
+const ENTRY_COLUMN_COUNT: usize = 12;
+/// Entries per INSERT statement (12 parameters each, far under either backend's parameter limit).
+const INSERT_ROWS_MAX: usize = 500;
+/// Postings per transaction of [`Store::post_many`]: the account stays locked for one group at a time.
+const GROUP_SIZE_MAX: usize = 5_000;
 /// Usage debited since a time, as a positive amount (read under the account lock, so concurrent debits cannot both
 /// fit under a cap that only one of them fits under).
 const SPENT_SINCE: &str = "SELECT CAST(COALESCE(-SUM(amount_millicredits), 0) AS BIGINT) FROM ledger_entries \
@@ -82,17 +88,54 @@ impl Store {
         audit: Option<&NewAuditRecord>,
     ) -> Result<PostingOutcome, StoreError> {
         posting.validate()?;
+        let mut outcomes = self.post_group(std::slice::from_ref(posting), audit).await?;
+        outcomes.pop().ok_or_else(|| StoreError::Corrupt("a posting produced no outcome".to_owned()))
+    }
+
+    /// Applies postings to one account in order, in one transaction, and returns one outcome per posting, as if
+    /// each had been [`Store::post`]ed alone in that order (a later posting sees the balance the earlier ones left;
+    /// a repeated key answers with the entry its first use created). Much faster than one transaction per posting:
+    /// the account is locked once, the keys are looked up together and the entries inserted together.
+    pub async fn post_many(&self, postings: &[Posting]) -> Result<Vec<PostingOutcome>, StoreError> {
+        let Some(first) = postings.first() else { return Ok(Vec::new()) };
+        for posting in postings {
+            posting.validate()?;
+            if posting.account_id != first.account_id {
+                return Err(StoreError::InvalidPosting(creditflow_domain::PostingInvalid::AccountId));
+            }
+        }
+        let mut outcomes = Vec::with_capacity(postings.len());
+        for chunk in postings.chunks(GROUP_SIZE_MAX) {
+            outcomes.extend(self.post_group(chunk, None).await?);
+        }
+        Ok(outcomes)
+    }
+
+    /// One transaction of [`Store::post_many`], retried when a concurrent writer of a key got there first.
+    async fn post_group(
+        &self,
+        postings: &[Posting],
+        audit: Option<&NewAuditRecord>,
+    ) -> Result<Vec<PostingOutcome>, StoreError> {
         for _ in 0..POSTING_ATTEMPTS {
-            match self.post_once(posting, audit).await {
+            match self.post_group_once(postings, audit).await {
                 Err(error) if error.is_unique_violation() => {}
                 result => return result,
             }
         }
-        Err(StoreError::Contention(posting.account_id.to_string()))
+        let account = postings.first().map_or_else(String::new, |posting| posting.account_id.to_string());
+        Err(StoreError::Contention(account))
     }
 
-    async fn post_once(&self, posting: &Posting, audit: Option<&NewAuditRecord>) -> Result<PostingOutcome, StoreError> {
-        let account_id = posting.account_id.as_str();
+    async fn post_group_once(
+        &self,
+        postings: &[Posting],
+        audit: Option<&NewAuditRecord>,
+    ) -> Result<Vec<PostingOutcome>, StoreError> {
+        let Some(first) = postings.first() else { return Ok(Vec::new()) };
+        let account_id = first.account_id.as_str();
+        let keys = serde_json::Value::from(postings.iter().map(|p| p.idempotency_key.as_str()).collect::<Vec<_>>());
+        let keys = keys.to_string();
         on_backend!(write self, |tx, dialect| {
             let locked: Option<LockedAccount> =
                 sqlx::query_as(dialect.lock_account).bind(account_id).fetch_optional(&mut *tx).await?;
@@ -105,84 +148,86 @@ impl Store {
                 }),
                 None => None,
             };
-            let existing: Option<EntryRow> = match state {
-                Some(_) => sqlx::query_as(SELECT_ENTRY_BY_KEY)
-                    .bind(account_id)
-                    .bind(posting.idempotency_key.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?,
-                None => None,
-            };
-            let existing = existing.map(Entry::try_from).transpose()?;
-            let spent = match (&existing, posting.spend_cap) {
-                (None, Some(cap)) => {
-                    let spent: i64 = sqlx::query_scalar(SPENT_SINCE)
+            let mut existing: HashMap<String, Entry> = HashMap::new();
+            if state.is_some() {
+                let rows: Vec<EntryRow> = if postings.len() == 1 {
+                    sqlx::query_as(SELECT_ENTRY_BY_KEY)
+                        .bind(account_id)
+                        .bind(first.idempotency_key.as_str())
+                        .fetch_all(&mut *tx)
+                        .await?
+                } else {
+                    sqlx::query_as(dialect.entries_by_keys).bind(account_id).bind(keys.as_str()).fetch_all(&mut *tx).await?
+                };
+                for row in rows {
+                    let entry = Entry::try_from(row)?;
+                    existing.insert(entry.idempotency_key.clone(), entry);
+                }
+            }
+            // Usage already debited in each spend-cap window the group names (one window in practice: today).
+            let mut spent: HashMap<OffsetDateTime, Millicredits> = HashMap::new();
+            for cap in postings.iter().filter_map(|posting| posting.spend_cap) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = spent.entry(cap.window_start) {
+                    let total: i64 = sqlx::query_scalar(SPENT_SINCE)
                         .bind(account_id)
                         .bind(Timestamp::from(cap.window_start))
                         .fetch_one(&mut *tx)
                         .await?;
-                    Millicredits::new(spent)
+                    slot.insert(Millicredits::new(total));
                 }
-                _ => Millicredits::ZERO,
-            };
-            let (sequence, balance_after) = match decide(posting, state, existing, spent) {
-                // Dropping the transaction rolls it back: a refused posting writes nothing.
-                Decision::Refuse(outcome) => return Ok(outcome),
-                Decision::Append { sequence, balance_after } => (sequence, balance_after),
-            };
+            }
             let now = Timestamp::now();
-            let entry = Entry {
-                id: format!("ent_{}", Uuid::now_v7().simple()),
-                account_id: posting.account_id.clone(),
-                sequence,
-                kind: posting.kind,
-                amount: posting.amount,
-                balance_after,
-                idempotency_key: posting.idempotency_key.clone(),
-                correlation_id: posting.correlation_id.clone(),
-                rate_version: posting.rate_version.clone(),
-                source_ref: posting.source_ref.clone(),
-                reason: posting.reason.clone(),
-                created_at: now.get(),
+            let GroupPlan { outcomes, created, notices } =
+                plan_group(postings, state, existing, spent, threshold, now.get());
+            let Some(last) = created.last() else {
+                // Nothing to write: dropping the transaction rolls it back.
+                return Ok(outcomes);
             };
-            sqlx::query(INSERT_ENTRY)
-                .bind(entry.id.as_str())
-                .bind(account_id)
-                .bind(entry.sequence)
-                .bind(entry.kind.as_str())
-                .bind(entry.amount.get())
-                .bind(entry.balance_after.get())
-                .bind(entry.idempotency_key.as_str())
-                .bind(entry.correlation_id.as_deref())
-                .bind(entry.rate_version.as_ref().map(RateVersion::as_str))
-                .bind(entry.source_ref.as_deref())
-                .bind(entry.reason.as_deref())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            let (last_sequence, last_balance) = (last.sequence, last.balance_after);
+            for chunk in created.chunks(INSERT_ROWS_MAX) {
+                let mut insert = String::from(INSERT_ENTRIES);
+                for index in 0..chunk.len() {
+                    let base = index * ENTRY_COLUMN_COUNT;
+                    let placeholders: Vec<String> = (1..=ENTRY_COLUMN_COUNT).map(|n| format!("${}", base + n)).collect();
+                    insert.push_str(if index == 0 { "(" } else { ", (" });
+                    insert.push_str(&placeholders.join(", "));
+                    insert.push(')');
+                }
+                // Only placeholders are generated; every value is bound.
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
+                for entry in chunk {
+                    query = query
+                        .bind(entry.id.as_str())
+                        .bind(account_id)
+                        .bind(entry.sequence)
+                        .bind(entry.kind.as_str())
+                        .bind(entry.amount.get())
+                        .bind(entry.balance_after.get())
+                        .bind(entry.idempotency_key.as_str())
+                        .bind(entry.correlation_id.as_deref())
+                        .bind(entry.rate_version.as_ref().map(RateVersion::as_str))
+                        .bind(entry.source_ref.as_deref())
+                        .bind(entry.reason.as_deref())
+                        .bind(now);
+                }
+                query.execute(&mut *tx).await?;
+            }
             sqlx::query(UPDATE_BALANCE)
                 .bind(account_id)
-                .bind(balance_after.get())
-                .bind(sequence)
+                .bind(last_balance.get())
+                .bind(last_sequence)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
             if let Some(audit) = audit {
                 insert_audit!(tx, audit, now).await?;
             }
-            let balance_before = state.map_or(Millicredits::ZERO, |account| account.balance);
-            if let Some(notice) = low_balance_notice(&entry, balance_before, threshold) {
-                let event_id = format!("evt_low_{}", entry.id);
-                let event = webhook_event("balance.low", &event_id, &serde_json::from_str(&notice).unwrap_or_default());
-                let insert = "INSERT INTO outbox (queue, payload, created_at, dedupe_key) VALUES ($1, $2, $3, $4)";
-                for (queue, payload, dedupe_key) in
-                    [(EMAILS_QUEUE, notice, None), (WEBHOOK_EVENTS_QUEUE, event, Some(event_id))]
-                {
-                    sqlx::query(insert).bind(queue).bind(payload).bind(now).bind(dedupe_key).execute(&mut *tx).await?;
-                }
+            let insert = "INSERT INTO outbox (queue, payload, created_at, dedupe_key) VALUES ($1, $2, $3, $4)";
+            for (queue, payload, dedupe_key) in notices {
+                sqlx::query(insert).bind(queue).bind(payload).bind(now).bind(dedupe_key).execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok(PostingOutcome::Created(entry))
+            Ok(outcomes)
         })
     }
 
@@ -264,4 +309,72 @@ impl Store {
         });
         Ok(LedgerTotals { balances: Millicredits::new(balances), entries: Millicredits::new(entries), entry_count })
     }
+}
+
+/// What a group of postings does to one account: an outcome per posting, the entries to insert (in sequence
+/// order) and the outbox rows their threshold crossings call for.
+struct GroupPlan {
+    outcomes: Vec<PostingOutcome>,
+    created: Vec<Entry>,
+    notices: Vec<(&'static str, String, Option<String>)>,
+}
+
+/// Applies the domain's rules to each posting in order, as if each were posted alone: a later posting sees the
+/// balance, sequence, keys and spent usage the earlier ones left.
+fn plan_group(
+    postings: &[Posting],
+    mut state: Option<AccountState>,
+    mut existing: HashMap<String, Entry>,
+    mut spent: HashMap<OffsetDateTime, Millicredits>,
+    threshold: Option<i64>,
+    now: OffsetDateTime,
+) -> GroupPlan {
+    let mut plan = GroupPlan { outcomes: Vec::with_capacity(postings.len()), created: Vec::new(), notices: Vec::new() };
+    for posting in postings {
+        let previous = existing.get(&posting.idempotency_key).cloned();
+        let spent_now = posting.spend_cap.and_then(|cap| spent.get(&cap.window_start).copied());
+        let (sequence, balance_after) = match decide(posting, state, previous, spent_now.unwrap_or(Millicredits::ZERO))
+        {
+            Decision::Refuse(outcome) => {
+                plan.outcomes.push(outcome);
+                continue;
+            }
+            Decision::Append { sequence, balance_after } => (sequence, balance_after),
+        };
+        let entry = Entry {
+            id: format!("ent_{}", Uuid::now_v7().simple()),
+            account_id: posting.account_id.clone(),
+            sequence,
+            kind: posting.kind,
+            amount: posting.amount,
+            balance_after,
+            idempotency_key: posting.idempotency_key.clone(),
+            correlation_id: posting.correlation_id.clone(),
+            rate_version: posting.rate_version.clone(),
+            source_ref: posting.source_ref.clone(),
+            reason: posting.reason.clone(),
+            created_at: now,
+        };
+        let balance_before = state.map_or(Millicredits::ZERO, |account| account.balance);
+        if let Some(notice) = low_balance_notice(&entry, balance_before, threshold) {
+            let event_id = format!("evt_low_{}", entry.id);
+            let data = serde_json::from_str(&notice).unwrap_or_default();
+            let event = webhook_event("balance.low", &event_id, &data);
+            plan.notices.push((EMAILS_QUEUE, notice, None));
+            plan.notices.push((WEBHOOK_EVENTS_QUEUE, event, Some(event_id)));
+        }
+        if entry.kind == EntryKind::UsageDebit {
+            // Usage debited now counts in every window already begun.
+            for (window_start, total) in &mut spent {
+                if *window_start <= now {
+                    *total = total.checked_sub(entry.amount).unwrap_or(Millicredits::MAX);
+                }
+            }
+        }
+        state = state.map(|account| AccountState { balance: balance_after, last_sequence: sequence, ..account });
+        existing.insert(entry.idempotency_key.clone(), entry.clone());
+        plan.created.push(entry.clone());
+        plan.outcomes.push(PostingOutcome::Created(entry));
+    }
+    plan
 }

@@ -58,6 +58,8 @@ storage_suite!(
     settings_are_stored_whole,
     rollouts_give_each_account_one_version,
     a_low_balance_notice_is_queued_once_per_crossing,
+    grouped_postings_match_the_reference_model,
+    large_groups_post_in_order_and_cross_the_threshold_once,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

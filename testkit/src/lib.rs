@@ -14,6 +14,16 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// The Redis tests use, from `CREDITFLOW_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
+pub fn redis_url() -> String {
+    std::env::var("CREDITFLOW_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A fresh key prefix for one test's Redis keys (`cf-test-<uuid>`); `scripts/test` deletes leftovers.
+pub fn redis_namespace() -> String {
+    format!("cf-test-{}", uuid::Uuid::new_v4().simple())
+}
+
 /// Which backend a test database is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestBackend {

@@ -9,6 +9,7 @@
 //! `synchronous=OFF`, which the ledger's file must never have. In production the queue is apalis-redis, shared by
 //! every worker process.
 
+mod batch;
 mod email;
 mod relay;
 mod stripe;
@@ -24,8 +25,9 @@ use apalis_redis::RedisStorage;
 use apalis_sqlite::{Config as QueueConfig, SqliteStorage};
 use creditflow_jobs::emails::{EmailDeps, EmailJob};
 use creditflow_jobs::stripe_events::{Deps, ProcessStripeEventV1};
+use creditflow_jobs::usage_batches::{BatchDeps, PriceUsageBatchV1};
 use creditflow_jobs::webhooks::{DeliverWebhookV1, WebhookDeps};
-use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store};
+use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 pub use relay::relay_once;
@@ -42,6 +44,8 @@ pub struct WorkerSettings {
     pub email_concurrency: usize,
     /// Concurrent webhook deliveries per worker.
     pub webhook_concurrency: usize,
+    /// Concurrent usage batches per worker (each already debits its accounts one transaction at a time).
+    pub batch_concurrency: usize,
     /// Attempts after the first before a transient failure gives up.
     pub retries: usize,
     /// Backoff before the first retry; it doubles (with jitter) up to `retry_delay_max`.
@@ -58,6 +62,7 @@ impl Default for WorkerSettings {
             stripe_concurrency: 4,
             email_concurrency: 4,
             webhook_concurrency: 8,
+            batch_concurrency: 2,
             retries: 5,
             retry_delay_min: Duration::from_millis(500),
             retry_delay_max: Duration::from_secs(60),
@@ -79,11 +84,13 @@ enum QueueBackend {
         stripe_events: SqliteStorage<ProcessStripeEventV1>,
         emails: SqliteStorage<EmailJob>,
         webhooks: SqliteStorage<DeliverWebhookV1>,
+        batches: SqliteStorage<PriceUsageBatchV1>,
     },
     Redis {
         stripe_events: RedisStorage<ProcessStripeEventV1>,
         emails: RedisStorage<EmailJob>,
         webhooks: RedisStorage<DeliverWebhookV1>,
+        batches: RedisStorage<PriceUsageBatchV1>,
     },
 }
 
@@ -96,6 +103,8 @@ pub struct Handlers {
     pub email: EmailDeps,
     /// Outgoing webhooks.
     pub webhooks: WebhookDeps,
+    /// Usage batches.
+    pub batches: BatchDeps,
 }
 
 /// The queue delivering events to monitoring endpoints.
@@ -134,8 +143,9 @@ impl Queues {
             let config = |queue: &str| apalis_redis::Config::default().queue(format!("{namespace}:{queue}"));
             let stripe_events = RedisStorage::new(connection.clone()).with_config(config(STRIPE_EVENTS_QUEUE));
             let emails = RedisStorage::new(connection.clone()).with_config(config(EMAILS_QUEUE));
-            let webhooks = RedisStorage::new(connection).with_config(config(WEBHOOKS_QUEUE));
-            return Ok(Self { backend: QueueBackend::Redis { stripe_events, emails, webhooks } });
+            let webhooks = RedisStorage::new(connection.clone()).with_config(config(WEBHOOKS_QUEUE));
+            let batches = RedisStorage::new(connection).with_config(config(USAGE_BATCHES_QUEUE));
+            return Ok(Self { backend: QueueBackend::Redis { stripe_events, emails, webhooks, batches } });
         }
         if !url.starts_with("sqlite:") || url.contains(":memory:") {
             return Err(QueueError::UnsupportedUrl(url.to_owned()));
@@ -147,7 +157,8 @@ impl Queues {
         let stripe_events = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(STRIPE_EVENTS_QUEUE));
         let emails = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(EMAILS_QUEUE));
         let webhooks = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(WEBHOOKS_QUEUE));
-        Ok(Self { backend: QueueBackend::Sqlite { pool, stripe_events, emails, webhooks } })
+        let batches = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(USAGE_BATCHES_QUEUE));
+        Ok(Self { backend: QueueBackend::Sqlite { pool, stripe_events, emails, webhooks, batches } })
     }
 
     /// Jobs of `queue` by status, from the embedded queue's own table. `None` on Redis, whose apalis 1.0 listing
@@ -175,6 +186,14 @@ impl Queues {
         match &self.backend {
             QueueBackend::Sqlite { webhooks, .. } => webhooks.clone().push(job).await.map_err(|e| e.to_string()),
             QueueBackend::Redis { webhooks, .. } => webhooks.clone().push(job).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Pushes a usage batch job.
+    pub(crate) async fn push_batch(&self, job: PriceUsageBatchV1) -> Result<(), String> {
+        match &self.backend {
+            QueueBackend::Sqlite { batches, .. } => batches.clone().push(job).await.map_err(|e| e.to_string()),
+            QueueBackend::Redis { batches, .. } => batches.clone().push(job).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -217,9 +236,10 @@ pub async fn run(
             }
         }};
     }
-    let (stripe_deps, email_deps, webhook_deps) = (handlers.stripe, handlers.email, handlers.webhooks);
+    let (stripe_deps, email_deps, webhook_deps, batch_deps) =
+        (handlers.stripe, handlers.email, handlers.webhooks, handlers.batches);
     let monitor = match &queues.backend {
-        QueueBackend::Sqlite { stripe_events, emails, webhooks, .. } => Monitor::new()
+        QueueBackend::Sqlite { stripe_events, emails, webhooks, batches, .. } => Monitor::new()
             .register(worker!(
                 stripe_events.clone(),
                 "stripe-events",
@@ -228,8 +248,9 @@ pub async fn run(
                 retry.stripe_concurrency
             ))
             .register(worker!(emails.clone(), "emails", email::handle, email_deps, retry.email_concurrency))
-            .register(worker!(webhooks.clone(), "webhooks", webhook::handle, webhook_deps, retry.webhook_concurrency)),
-        QueueBackend::Redis { stripe_events, emails, webhooks } => Monitor::new()
+            .register(worker!(webhooks.clone(), "webhooks", webhook::handle, webhook_deps, retry.webhook_concurrency))
+            .register(worker!(batches.clone(), "usage-batches", batch::handle, batch_deps, retry.batch_concurrency)),
+        QueueBackend::Redis { stripe_events, emails, webhooks, batches } => Monitor::new()
             .register(worker!(
                 stripe_events.clone(),
                 "stripe-events",
@@ -238,7 +259,8 @@ pub async fn run(
                 retry.stripe_concurrency
             ))
             .register(worker!(emails.clone(), "emails", email::handle, email_deps, retry.email_concurrency))
-            .register(worker!(webhooks.clone(), "webhooks", webhook::handle, webhook_deps, retry.webhook_concurrency)),
+            .register(worker!(webhooks.clone(), "webhooks", webhook::handle, webhook_deps, retry.webhook_concurrency))
+            .register(worker!(batches.clone(), "usage-batches", batch::handle, batch_deps, retry.batch_concurrency)),
     }
     .shutdown_timeout(settings.shutdown_grace);
     let signal = async move {

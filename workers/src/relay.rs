@@ -6,8 +6,9 @@ use creditflow_jobs::emails::EmailJob;
 use creditflow_jobs::stripe_events::ProcessStripeEventV1;
 use std::sync::Arc;
 
+use creditflow_jobs::usage_batches::PriceUsageBatchV1;
 use creditflow_jobs::webhooks::{WebhookEndpoint, fan_out};
-use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, WEBHOOK_EVENTS_QUEUE};
+use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE, WEBHOOK_EVENTS_QUEUE};
 use tokio::sync::watch;
 
 use crate::Queues;
@@ -34,6 +35,16 @@ pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndp
                     .push_stripe_event(job)
                     .await
                     .map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
+            }
+            USAGE_BATCHES_QUEUE => {
+                let job: PriceUsageBatchV1 = match serde_json::from_str(&message.payload) {
+                    Ok(job) => job,
+                    Err(error) => {
+                        set_aside(store, message.id, &error.to_string()).await?;
+                        continue;
+                    }
+                };
+                queues.push_batch(job).await.map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
             }
             EMAILS_QUEUE => {
                 let job: EmailJob = match serde_json::from_str(&message.payload) {

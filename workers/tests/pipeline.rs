@@ -1,20 +1,24 @@
 //! The pipeline end to end: a stored Stripe event is relayed from the outbox to the queue, a worker credits the
-//! purchase once, a permanent failure is not retried, and shutdown is graceful; with the ledger on each backend.
+//! purchase once, a permanent failure is not retried, emails and monitoring webhooks go out, a usage batch is
+//! debited, and shutdown is graceful; with the ledger on each backend and the queue on SQLite or Redis.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use creditflow_domain::{
-    AccountId, AccountSettings, EntryKind, Millicredits, Overdraft, PackCatalog, Posting, RateVersion,
+    AccountId, AccountSettings, EntryKind, Millicredits, Overdraft, PackCatalog, Posting, RateCard, RateVersion,
+    UsageEvent,
 };
 use creditflow_jobs::emails::{EmailDeps, Mailer};
 use creditflow_jobs::stripe_events::Deps;
+use creditflow_jobs::usage_batches::BatchDeps;
 use creditflow_jobs::webhooks::{WebhookDeps, WebhookEndpoint, sign};
-use creditflow_store::{ReceivedEvent, Store};
-use creditflow_testkit::{TestBackend, TestDatabase};
+use creditflow_store::{BatchStatus, BatchSubmitted, NewAuditRecord, ReceivedEvent, Store};
+use creditflow_testkit::{TestBackend, TestDatabase, redis_namespace, redis_url};
 use creditflow_workers::{Handlers, Queues, WorkerSettings, run};
 
 const SECRET: &str = "monitoring-shared-secret";
+const CARD: &str = "version = \"v1\"\nrounding = \"precise\"\n[models.m1]\ncalls = 1\n";
 
 /// A monitoring endpoint that answers `status` and records the types of the events whose signature verifies.
 struct Receiver {
@@ -105,8 +109,11 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
     let store = Store::connect(&database.url, 8).await.expect("connect");
     store.migrate().await.expect("migrate");
     let queue_dir = tempfile::tempdir().expect("tempdir");
-    let queues =
-        Queues::open(&format!("sqlite://{}", queue_dir.path().join("queue.db").display())).await.expect("queue");
+    let queues = match queue_on {
+        QueueOn::Sqlite => Queues::open(&format!("sqlite://{}", queue_dir.path().join("queue.db").display())).await,
+        QueueOn::Redis => Queues::open_in(&redis_url(), &redis_namespace()).await,
+    }
+    .expect("queue");
     let packs = PackCatalog::from_toml(
         "[[packs]]\nid = \"starter\"\nname = \"Starter\"\nprice_usd_cents = 500\ncredits = 5000\n",
     )
@@ -131,6 +138,7 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
             from: "creditflow <billing@creditflow.test>".parse().expect("mailbox"),
         },
         webhooks: WebhookDeps::new(endpoints).expect("client"),
+        batches: BatchDeps { store: store.clone() },
     };
     let settings = WorkerSettings {
         retry_delay_min: Duration::from_millis(10),
@@ -188,6 +196,8 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
     assert_eq!(types, ["balance.low", "purchase.succeeded"], "each event delivered, signatures verified");
     wait_for("retries at the failing endpoint", || async { broken.attempts() >= 3 }).await;
 
+    a_usage_batch_is_debited(&store).await;
+
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), workers)
         .await
@@ -196,6 +206,42 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
         .expect("clean");
     assert_eq!(store.account(&alice).await.expect("read").expect("exists").balance, Millicredits::new(500_000));
     assert_eq!(emails(), 1, "one email for one crossing");
+}
+
+/// A usage batch is priced and debited by the `usage_batches` pool.
+async fn a_usage_batch_is_debited(store: &Store) {
+    let card = RateCard::from_toml(CARD).expect("card");
+    store.add_rate_card(&card, CARD).await.expect("card stored");
+    let activation = NewAuditRecord {
+        actor: "test".into(),
+        action: "rate_card.activate".into(),
+        subject: "v1".into(),
+        reason: None,
+        details: "{}".into(),
+    };
+    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    store.activate_rate_card(card.version(), since, &activation).await.expect("activated");
+    let events: Vec<UsageEvent> = (0..500)
+        .map(|n| UsageEvent {
+            event_id: format!("e{n}"),
+            account_id: "bob".into(),
+            model: "m1".into(),
+            usage: [("calls".to_owned(), 1)].into(),
+            correlation_id: None,
+        })
+        .collect();
+    let events = serde_json::to_string(&events).expect("json");
+    let BatchSubmitted::New(batch) = store.submit_usage_batch("gateway", None, &events, 500).await.expect("submitted")
+    else {
+        panic!("a new batch")
+    };
+    wait_for("the batch to complete", || async {
+        store.usage_batch(&batch.id).await.expect("read").is_some_and(|b| b.status == BatchStatus::Completed)
+    })
+    .await;
+    let bob = AccountId::new("bob").expect("valid");
+    let bob_balance = store.account(&bob).await.expect("read").expect("created by the batch").balance;
+    assert_eq!(bob_balance, Millicredits::new(-500_000), "500 calls at 1 credit, overdraft allowed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

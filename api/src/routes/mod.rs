@@ -3,6 +3,7 @@
 
 pub(crate) mod account;
 pub(crate) mod admin;
+pub(crate) mod batches;
 pub(crate) mod probes;
 pub(crate) mod settings;
 pub(crate) mod usage;

@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth;
+mod batches;
 mod helpers;
 mod ledger;
 mod probes;

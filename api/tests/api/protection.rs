@@ -3,13 +3,9 @@
 //! security headers everywhere.
 
 use creditflow_api::RateLimiter;
-use creditflow_testkit::TestBackend;
+use creditflow_testkit::{TestBackend, redis_url};
 
 use crate::helpers::{Auth, TestApp, TestKey};
-
-fn redis_url() -> String {
-    std::env::var("CREDITFLOW_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
 
 async fn redis_limiter() -> RateLimiter {
     let url = redis_url();

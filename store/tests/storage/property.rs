@@ -181,9 +181,10 @@ fn posting_for(ids: &[AccountId], op: &Op) -> Option<Posting> {
     })
 }
 
-async fn run_case(db: &Db, case: usize, rounds: Vec<Vec<Op>>) -> Result<usize, TestCaseError> {
+async fn run_case(db: &Db, case: usize, rounds: Vec<Vec<Op>>, grouped: bool) -> Result<usize, TestCaseError> {
+    let prefix = if grouped { "group" } else { "prop" };
     let ids: Vec<AccountId> =
-        (0..ACCOUNTS).map(|n| AccountId::new(format!("prop{case}_{n}")).expect("valid")).collect();
+        (0..ACCOUNTS).map(|n| AccountId::new(format!("{prefix}{case}_{n}")).expect("valid")).collect();
     for id in &ids {
         db.store.create_account(id).await.expect("create account");
     }
@@ -217,19 +218,32 @@ async fn run_case(db: &Db, case: usize, rounds: Vec<Vec<Op>>) -> Result<usize, T
                 let id = ids[account].clone();
                 tokio::spawn(async move {
                     let mut results = Vec::new();
-                    for step in steps {
-                        let outcome = match &step {
-                            Step::Post(posting) => Some(store.post(posting).await.expect("posting answered")),
+                    let mut steps = steps.into_iter().peekable();
+                    while let Some(step) = steps.next() {
+                        match step {
+                            Step::Post(posting) if grouped => {
+                                // This and the posts right after it, in one `post_many` call.
+                                let mut group = vec![posting];
+                                while let Some(Step::Post(next)) = steps.next_if(|s| matches!(s, Step::Post(_))) {
+                                    group.push(next);
+                                }
+                                let outcomes = store.post_many(&group).await.expect("postings answered");
+                                assert_eq!(outcomes.len(), group.len(), "one outcome per posting");
+                                results.extend(group.into_iter().zip(outcomes).map(|(p, o)| (Step::Post(p), Some(o))));
+                            }
+                            Step::Post(posting) => {
+                                let outcome = store.post(&posting).await.expect("posting answered");
+                                results.push((Step::Post(posting), Some(outcome)));
+                            }
                             Step::SetFrozen(frozen) => {
-                                let status = if *frozen { AccountStatus::Frozen } else { AccountStatus::Active };
+                                let status = if frozen { AccountStatus::Frozen } else { AccountStatus::Active };
                                 store
                                     .set_account_status(&id, status, &audit("freeze", id.as_str()))
                                     .await
                                     .expect("status");
-                                None
+                                results.push((Step::SetFrozen(frozen), None));
                             }
-                        };
-                        results.push((step, outcome));
+                        }
                     }
                     (account, results)
                 })
@@ -265,8 +279,17 @@ async fn run_case(db: &Db, case: usize, rounds: Vec<Vec<Op>>) -> Result<usize, T
     Ok(postings_applied)
 }
 
-/// Runs 40 random cases (several thousand postings) and checks each against the model.
+/// Runs 40 random cases (several thousand postings, one `post` each) and checks each against the model.
 pub(crate) fn check_against_reference_model(db: &Db) {
+    check(db, false);
+}
+
+/// The same, with each run of consecutive postings to an account applied by one `post_many` (one transaction).
+pub(crate) fn check_groups_against_reference_model(db: &Db) {
+    check(db, true);
+}
+
+fn check(db: &Db, grouped: bool) {
     let config = Config { cases: 40, failure_persistence: None, ..Config::default() };
     let mut runner = TestRunner::new(config);
     let case = std::sync::atomic::AtomicUsize::new(0);
@@ -276,7 +299,7 @@ pub(crate) fn check_against_reference_model(db: &Db) {
     let result = tokio::task::block_in_place(|| {
         runner.run(&strategy, |rounds| {
             let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let applied = handle.block_on(run_case(db, n, rounds))?;
+            let applied = handle.block_on(run_case(db, n, rounds, grouped))?;
             total.fetch_add(applied, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         })

@@ -471,3 +471,47 @@ pub(crate) async fn a_low_balance_notice_is_queued_once_per_crossing(db: &Db) {
     let for_other = outbox.iter().filter(|m| m.queue == EMAILS_QUEUE && m.payload.contains("acct_low_bal2")).count();
     assert_eq!(for_other, 1);
 }
+
+pub(crate) async fn grouped_postings_match_the_reference_model(db: &Db) {
+    super::property::check_groups_against_reference_model(db);
+}
+
+pub(crate) async fn large_groups_post_in_order_and_cross_the_threshold_once(db: &Db) {
+    let id = db.account_with("acct_many", 12_000).await;
+    let settings =
+        AccountSettings { low_balance_threshold: Some(Millicredits::new(5_000)), ..AccountSettings::default() };
+    db.store.put_settings(&id, &settings).await.expect("settings");
+    // 12,000 one-millicredit debits (more than one transaction's group and many INSERT statements), a repeated
+    // key in the middle, and one over-balance debit at the end.
+    let mut postings: Vec<Posting> = (0..12_000).map(|n| usage(&id, &format!("u{n}"), 1)).collect();
+    postings.insert(6_000, usage(&id, "u17", 1));
+    postings.push(usage(&id, "too-much", 5));
+    let outcomes = db.store.post_many(&postings).await.expect("posted");
+    assert_eq!(outcomes.len(), postings.len());
+    let created = outcomes.iter().filter(|o| matches!(o, PostingOutcome::Created(_))).count();
+    assert_eq!(created, 12_000);
+    match &outcomes[6_000] {
+        PostingOutcome::Exists(entry) => assert_eq!(entry.sequence, 19, "answered with the first use of u17"),
+        other => panic!("a repeated key is answered with its first entry: {other:?}"),
+    }
+    match outcomes.last() {
+        Some(PostingOutcome::InsufficientFunds { shortfall, .. }) => assert_eq!(shortfall.get(), 5),
+        other => panic!("the last debit finds the balance at zero: {other:?}"),
+    }
+    db.assert_balance(&id, 0).await;
+    let entries = db.store.entries(&id, 0, i64::MAX).await.expect("entries");
+    assert_eq!(entries.len(), 12_001, "the seed credit and every debit");
+    assert!(entries.iter().zip(1..).all(|(entry, n)| entry.sequence == n), "sequences without gaps");
+    let outbox = db.store.unrelayed_outbox(100).await.expect("outbox");
+    assert_eq!(outbox.iter().filter(|m| m.queue == EMAILS_QUEUE).count(), 1, "one crossing, one notice");
+    // Replaying the whole group changes nothing.
+    let again = db.store.post_many(&postings).await.expect("posted");
+    assert!(again.iter().take(12_001).all(|o| matches!(o, PostingOutcome::Exists(_))));
+    db.assert_balance(&id, 0).await;
+    // Postings to two accounts in one call are refused before anything is written.
+    let other = db.account_with("acct_many_2", 10).await;
+    let mixed = [usage(&id, "m1", 1), usage(&other, "m2", 1)];
+    let error = db.store.post_many(&mixed).await.expect_err("mixed accounts");
+    assert!(matches!(error, StoreError::InvalidPosting(PostingInvalid::AccountId)), "{error:?}");
+    db.assert_balance(&other, 10).await;
+}

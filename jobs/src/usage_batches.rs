@@ -1,0 +1,172 @@
+//! Pricing and debiting a usage batch (queue `usage_batches`, written when a batch is accepted).
+//!
+//! Each event is priced with the rate card its account had when the batch was accepted, so a retry prices it the
+//! same. Events are grouped by account and each account's debits are posted in one transaction
+//! ([`Store::post_many`]). Running the job again (a crash, a redelivery) debits nothing twice: an event's entry is
+//! keyed by its id, and an entry already written by this batch counts as debited by it, not as a duplicate.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use creditflow_domain::{AccountId, Millicredits, Posting, PostingOutcome, RateCard, Rejection, UsageEvent};
+use creditflow_store::{BatchResult, BatchStatus, NewAuditRecord, Store};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::JobError;
+
+/// Price and debit one accepted batch. Never rename.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PriceUsageBatchV1 {
+    /// The batch (`ubt_...`).
+    pub batch_id: String,
+}
+
+/// What the handler needs.
+#[derive(Clone, Debug)]
+pub struct BatchDeps {
+    /// The ledger store.
+    pub store: Store,
+}
+
+/// One rejected event in the batch's report.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Rejected {
+    index: usize,
+    event_id: String,
+    code: &'static str,
+    reason: String,
+}
+
+impl Rejected {
+    fn new(index: usize, event: Option<&UsageEvent>, rejection: Rejection) -> Self {
+        let event_id = event.map_or_else(String::new, |event| event.event_id.clone());
+        Self { index, event_id, code: rejection.code, reason: rejection.reason }
+    }
+}
+
+/// The batch's events judged and priced, before anything is debited.
+#[derive(Default)]
+struct Priced {
+    /// Debits per account, each with the event's index, in submission order.
+    per_account: BTreeMap<AccountId, Vec<(usize, Posting)>>,
+    rejected: Vec<Rejected>,
+    duplicates: i64,
+    free: i64,
+}
+
+/// Prices and debits a batch; returns its result. Idempotent: a completed batch is left as it is.
+pub async fn price_usage_batch(job: &PriceUsageBatchV1, deps: &BatchDeps) -> Result<BatchResult, JobError> {
+    let store = &deps.store;
+    let Some((batch, events)) = store.start_usage_batch(&job.batch_id).await? else {
+        return Err(JobError::Permanent(format!("no usage batch {}", job.batch_id)));
+    };
+    if let (BatchStatus::Completed, Some(result)) = (batch.status, batch.result) {
+        return Ok(result);
+    }
+    let events: Vec<UsageEvent> = serde_json::from_str(&events)
+        .map_err(|error| JobError::Permanent(format!("usage batch {} cannot be read: {error}", batch.id)))?;
+    let batch_ref = format!("batch:{}", batch.id);
+    let mut priced = price(store, &events, batch.created_at, &batch_ref).await?;
+    let mut result = BatchResult { debited: priced.free, duplicates: priced.duplicates, ..BatchResult::default() };
+    let mut debited = Millicredits::ZERO;
+    for (account, postings) in &priced.per_account {
+        store.create_account(account).await?;
+        let (indexes, postings): (Vec<usize>, Vec<Posting>) = postings.iter().cloned().unzip();
+        let outcomes = store.post_many(&postings).await?;
+        let mut overdrawn = 0_i64;
+        for (index, outcome) in indexes.into_iter().zip(outcomes) {
+            let entry = match outcome {
+                PostingOutcome::Created(entry) => {
+                    if entry.balance_after.is_negative() {
+                        overdrawn += 1;
+                    }
+                    entry
+                }
+                // Written by an earlier run of this batch.
+                PostingOutcome::Exists(entry) | PostingOutcome::ExistsWithDifferentContent(entry)
+                    if entry.source_ref.as_deref() == Some(batch_ref.as_str()) =>
+                {
+                    entry
+                }
+                PostingOutcome::Exists(_) | PostingOutcome::ExistsWithDifferentContent(_) => {
+                    result.duplicates += 1;
+                    continue;
+                }
+                refused => {
+                    let rejection = match refused {
+                        PostingOutcome::AccountFrozen => Rejection::new("account_frozen", "the account is frozen"),
+                        PostingOutcome::Overflow => Rejection::new("overflow", "the debit does not fit the balance"),
+                        other => Rejection::new("refused", format!("the ledger refused the debit: {other:?}")),
+                    };
+                    priced.rejected.push(Rejected::new(index, events.get(index), rejection));
+                    continue;
+                }
+            };
+            result.debited += 1;
+            if entry.balance_after.is_negative() {
+                result.overdrafts += 1;
+            }
+            debited = debited
+                .checked_sub(entry.amount)
+                .map_err(|_| JobError::Permanent(format!("batch {} debits more than fits", batch.id)))?;
+        }
+        if overdrawn > 0 {
+            let record = NewAuditRecord {
+                actor: "system:usage-batches".to_owned(),
+                action: "account.flag_negative_balance".to_owned(),
+                subject: account.to_string(),
+                reason: Some(format!("usage batch {} took the balance below zero", batch.id)),
+                details: serde_json::json!({"batchId": batch.id, "overdrawnDebits": overdrawn}).to_string(),
+            };
+            store.append_audit(&record).await?;
+        }
+    }
+    priced.rejected.sort_by_key(|rejection| rejection.index);
+    result.rejected = i64::try_from(priced.rejected.len()).unwrap_or(i64::MAX);
+    result.debited_millicredits = debited.get();
+    result.rejections = serde_json::to_string(&priced.rejected).unwrap_or_else(|_| "[]".to_owned());
+    store.complete_usage_batch(&batch.id, &result).await?;
+    Ok(result)
+}
+
+/// Judges and prices every event with its account's rate card at `accepted_at`.
+async fn price(
+    store: &Store,
+    events: &[UsageEvent],
+    accepted_at: OffsetDateTime,
+    batch_ref: &str,
+) -> Result<Priced, JobError> {
+    let mut cards: HashMap<AccountId, Option<RateCard>> = HashMap::new();
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    let mut priced = Priced::default();
+    for (index, event) in events.iter().enumerate() {
+        let account = match event.account() {
+            Ok(account) => account,
+            Err(rejection) => {
+                priced.rejected.push(Rejected::new(index, Some(event), rejection));
+                continue;
+            }
+        };
+        if !seen.insert((event.account_id.as_str(), event.event_id.as_str())) {
+            priced.duplicates += 1;
+            continue;
+        }
+        if !cards.contains_key(&account) {
+            let card = store.rate_card_for(&account, accepted_at).await?.map(|stored| stored.card);
+            cards.insert(account.clone(), card);
+        }
+        let Some(Some(card)) = cards.get(&account) else {
+            let rejection = Rejection::new("no_rate_card", "no rate card was active for the account");
+            priced.rejected.push(Rejected::new(index, Some(event), rejection));
+            continue;
+        };
+        match event.posting(card, batch_ref) {
+            Ok(Some(posting)) => priced.per_account.entry(account).or_default().push((index, posting)),
+            Ok(None) => priced.free += 1,
+            Err(rejection) => priced.rejected.push(Rejected::new(index, Some(event), rejection)),
+        }
+    }
+    Ok(priced)
+}
