@@ -2,7 +2,7 @@
 //! failures never carry their cause (it goes to the log with the request id).
 //!
 //! Codes: `bad_request`, `unauthorized`, `forbidden`, `account_frozen`, `daily_spend_cap_exceeded`, `not_found`,
-//! `method_not_allowed`, `idempotency_conflict`, `payload_too_large`, `invalid_request`, `unknown_model`,
+//! `method_not_allowed`, `idempotency_conflict`, `job_state`, `payload_too_large`, `invalid_request`, `unknown_model`,
 //! `unknown_unit`, `insufficient_funds`, `rate_limited`, `internal`, `unavailable`.
 
 use poem::http::StatusCode;

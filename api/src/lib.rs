@@ -68,6 +68,7 @@ type Operations = (
     routes::account::AccountApi,
     routes::settings::SettingsApi,
     routes::admin::AdminApi,
+    routes::jobs::JobsApi,
 );
 
 fn service() -> OpenApiService<Operations, ()> {
@@ -79,6 +80,7 @@ fn service() -> OpenApiService<Operations, ()> {
             routes::account::AccountApi,
             routes::settings::SettingsApi,
             routes::admin::AdminApi,
+            routes::jobs::JobsApi,
         ),
         "creditflow",
         env!("CARGO_PKG_VERSION"),

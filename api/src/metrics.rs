@@ -21,6 +21,8 @@ pub(crate) const RECONCILE_INSUFFICIENT_FUNDS: &str = "billing_reconcile_insuffi
 pub(crate) const USAGE_BATCHES_ACCEPTED: &str = "billing_usage_batches_accepted_total";
 /// Postings that failed with a storage error (not a refusal).
 pub(crate) const LEDGER_WRITE_FAILURES: &str = "billing_ledger_write_failures_total";
+/// Jobs by `queue` and `state`, read from the job records at each scrape (the same on every queue backend).
+pub(crate) const JOBS: &str = "billing_jobs";
 /// Request durations, by `method`, `route` and `status`.
 pub(crate) const REQUEST_DURATION: &str = "http_server_request_duration_seconds";
 
@@ -43,6 +45,7 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
                 metrics::describe_counter!(USAGE_BATCHES_ACCEPTED, "Usage batches accepted by POST /api/usage/batches");
                 metrics::describe_counter!(RECONCILE_INSUFFICIENT_FUNDS, "Reconcile requests refused for funds (402)");
                 metrics::describe_counter!(LEDGER_WRITE_FAILURES, "Ledger postings that failed with a storage error");
+                metrics::describe_gauge!(JOBS, "Jobs by queue and state (pending, running, retrying, dead, ...)");
                 metrics::describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "HTTP request durations");
                 handle
             }
@@ -54,9 +57,25 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// `GET /metrics`.
+/// `GET /metrics`: the counters, and the job gauges read now (a database that cannot answer leaves them as they were).
 #[handler]
-pub(crate) fn render() -> Response {
+pub(crate) async fn render(state: poem::web::Data<&crate::AppState>) -> Response {
+    if let Ok(queues) = crate::routes::jobs::queue_counts(&state).await {
+        for queue in queues {
+            let gauge = |state: &'static str, count: i64| {
+                #[allow(clippy::cast_precision_loss)] // job counts are far below 2^52
+                metrics::gauge!(JOBS, "queue" => queue.queue.clone(), "state" => state).set(count as f64);
+            };
+            gauge("pending", queue.pending);
+            gauge("running", queue.running);
+            gauge("retrying", queue.retrying);
+            gauge("dead", queue.dead);
+            gauge("done", queue.done);
+            gauge("discarded", queue.discarded);
+        }
+    } else {
+        tracing::warn!("cannot read job counts for /metrics");
+    }
     (StatusCode::OK, handle().render()).with_content_type("text/plain; version=0.0.4; charset=utf-8").into_response()
 }
 

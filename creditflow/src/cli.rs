@@ -49,6 +49,11 @@ pub(crate) enum Command {
     /// Only for the embedded setup with no auth key configured, where `serve` runs in dev mode and accepts these
     /// tokens. Example: curl -H "Authorization: Bearer $(creditflow token --sub alice --role customer)" ...
     Token(TokenArgs),
+    /// Inspect and repair the job queues: counts, failed and dead jobs, retry, discard.
+    ///
+    /// Reads creditflow's job records in the database, the same on every queue backend. Examples:
+    /// creditflow jobs queues; creditflow jobs list --state dead; creditflow jobs retry stripe_events:evt_123
+    Jobs(JobsArgs),
     /// Print the API's OpenAPI document (JSON), as served at /openapi.json.
     Openapi,
     /// Print the effective configuration (defaults, file and environment merged; passwords redacted) and exit.
@@ -69,4 +74,50 @@ pub(crate) struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(1..=2_592_000))]
     pub(crate) ttl: i64,
+}
+
+/// `creditflow jobs`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct JobsArgs {
+    /// Print JSON lines instead of tables.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: JobsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum JobsCommand {
+    /// Jobs per queue and state.
+    Queues,
+    /// Jobs in some states, most recently changed first, with attempts and last error.
+    List {
+        /// Only this queue: stripe_events, usage_batches, emails or webhooks.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Comma-separated states: pending, running, retrying, dead, done, discarded.
+        #[arg(long, default_value = "retrying,dead")]
+        state: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+    },
+    /// One job, with its payload.
+    Show {
+        /// The job id, such as stripe_events:evt_123.
+        id: String,
+    },
+    /// Queue a dead (or discarded) job again with its attempts reset.
+    Retry {
+        /// The job id.
+        id: String,
+    },
+    /// Give up on a job that has not finished; workers handed it later leave it alone.
+    Discard {
+        /// The job id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
 }

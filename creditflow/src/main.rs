@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod jobs;
 mod logging;
 mod serve;
 mod token;
@@ -32,7 +33,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Token(args) => return token::print(&loaded, args),
-        Command::Serve | Command::Api | Command::Worker | Command::Migrate | Command::Openapi => {}
+        Command::Serve | Command::Api | Command::Worker | Command::Migrate | Command::Jobs(_) | Command::Openapi => {}
     }
     logging::init(&loaded.config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
             Command::Api => serve::api(&loaded).await,
             Command::Worker => serve::worker(&loaded).await,
             Command::Migrate => serve::migrate(&loaded).await,
+            Command::Jobs(args) => jobs::run(&loaded, &args).await,
             Command::Config | Command::Token(_) | Command::Openapi => Ok(()),
         }
     });

@@ -221,7 +221,12 @@ fn help_explains_every_subcommand() {
     for expected in ["prepaid-credits billing", "serve", "migrate", "config", "--config"] {
         assert!(stdout.contains(expected), "`{expected}` missing from --help:\n{stdout}");
     }
-    let rows = [("serve", "SIGTERM"), ("migrate", "Safe to run again"), ("config", "effective configuration")];
+    let rows = [
+        ("serve", "SIGTERM"),
+        ("migrate", "Safe to run again"),
+        ("config", "effective configuration"),
+        ("jobs", "retry"),
+    ];
     for (subcommand, expected) in rows {
         let (code, stdout, _) = run(dir.path(), &[subcommand, "--help"], &[]);
         assert_eq!(code, 0);
@@ -374,4 +379,46 @@ async fn the_api_role_serves_without_worker_pools() {
     let (server, serving) = Server::start_role(dir.path(), "serve", &[]);
     assert_eq!(serving["workers"], true, "{serving}");
     server.terminate();
+}
+
+#[tokio::test]
+async fn jobs_lists_retries_and_discards_from_the_command_line() {
+    use creditflow_store::{AttemptEnd, QueuedJob, Store};
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let (code, stdout, stderr) = run(dir.path(), &["jobs", "queues"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("QUEUE"), "{stdout}");
+    assert!(stdout.contains("usage_batches"), "every queue listed: {stdout}");
+    // A job that died, recorded as a worker would.
+    let url = format!("sqlite://{}", dir.path().join("creditflow.db").display());
+    let store = Store::connect(&url, 2).await.expect("the database `jobs queues` created");
+    let job = QueuedJob { id: "stripe_events:evt_1".into(), queue: "stripe_events".into(), payload: "{}".into() };
+    store.start_job_attempt(&job).await.expect("start");
+    store.end_job_attempt(&job.id, AttemptEnd::Dead("no account in metadata")).await.expect("end");
+    store.close().await;
+
+    let (code, stdout, _) = run(dir.path(), &["jobs", "list", "--state", "dead"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("stripe_events:evt_1") && stdout.contains("no account in metadata"), "{stdout}");
+    let (code, stdout, _) = run(dir.path(), &["jobs", "show", "stripe_events:evt_1", "--json"], &[]);
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!((shown["state"].as_str(), shown["attempts"].as_i64()), (Some("dead"), Some(1)));
+    let (code, stdout, _) = run(dir.path(), &["jobs", "retry", "stripe_events:evt_1"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("queued again"), "{stdout}");
+    let (code, _, stderr) = run(dir.path(), &["jobs", "retry", "stripe_events:evt_1"], &[]);
+    assert_eq!(code, 1, "a pending job cannot be retried");
+    assert!(stderr.contains("is pending"), "{stderr}");
+    let (code, stdout, _) = run(dir.path(), &["jobs", "discard", "stripe_events:evt_1", "--reason", "test"], &[]);
+    assert_eq!((code, stdout.contains("discarded")), (0, true), "{stdout}");
+    let (code, stdout, _) = run(dir.path(), &["jobs", "queues", "--json"], &[]);
+    assert_eq!(code, 0);
+    let first: serde_json::Value = serde_json::from_str(stdout.lines().next().expect("a line")).expect("JSON");
+    assert_eq!((first["queue"].as_str(), first["discarded"].as_i64()), (Some("stripe_events"), Some(1)));
+    let (code, _, stderr) = run(dir.path(), &["jobs", "list", "--state", "stuck"], &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("unknown state `stuck`"), "{stderr}");
+    let (code, _, stderr) = run(dir.path(), &["jobs", "show", "nope"], &[]);
+    assert_eq!((code, stderr.contains("no job `nope`")), (1, true), "{stderr}");
 }

@@ -38,6 +38,8 @@ impl WebhookEndpoint {
     }
 }
 
+pub use creditflow_store::WEBHOOKS_QUEUE;
+
 /// Deliver one event to one endpoint (queue `webhooks`). Never rename.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -12,6 +12,7 @@ mod batches;
 mod connect;
 mod error;
 mod inbox;
+mod jobs;
 mod posting;
 mod purchases;
 mod rate_cards;
@@ -27,6 +28,7 @@ pub use batches::{BatchResult, BatchStatus, BatchSubmitted, USAGE_BATCHES_QUEUE,
 pub use connect::redact_url;
 pub use error::StoreError;
 pub use inbox::{OutboxMessage, Received, ReceivedEvent, STRIPE_EVENTS_QUEUE, WEBHOOK_EVENTS_QUEUE};
+pub use jobs::{Attempt, AttemptEnd, JOB_QUEUES, JobActionRefused, JobRecord, JobState, QueuedJob, WEBHOOKS_QUEUE};
 pub use posting::{EMAILS_QUEUE, LedgerTotals};
 pub use purchases::{Purchase, PurchaseStatus};
 pub use rate_cards::{RateCardAdded, RateCardSummary, Rollout, StoredRateCard};
@@ -86,6 +88,9 @@ struct Dialect {
     lock_account: &'static str,
     /// An account's entries whose idempotency key is in `$2`, a JSON array of strings.
     entries_by_keys: &'static str,
+    /// Jobs of queue `$1` (all queues when null) whose state is in `$2` (a JSON array), newest change first, `$3` at
+    /// most.
+    jobs_in_states: &'static str,
 }
 
 const ACCOUNT_COLUMNS_LOCKED_SQLITE: &str = "SELECT a.balance_millicredits, a.status, a.last_sequence, \
@@ -107,6 +112,9 @@ const SQLITE: Dialect = Dialect {
         rows::entry_columns!(),
         " FROM ledger_entries WHERE account_id = $1 AND idempotency_key IN (SELECT value FROM json_each($2))"
     ),
+    jobs_in_states: "SELECT id, queue, payload, state, attempts, last_error, created_at, updated_at FROM jobs \
+         WHERE ($1 IS NULL OR queue = $1) AND state IN (SELECT value FROM json_each($2)) \
+         ORDER BY updated_at DESC, id LIMIT $3",
 };
 /// PostgreSQL: read committed plus a row lock on the account serialises postings to one account only.
 /// Read committed takes a new snapshot per statement, so multi-query reads ask for repeatable read.
@@ -120,6 +128,9 @@ const POSTGRES: Dialect = Dialect {
         rows::entry_columns!(),
         " FROM ledger_entries WHERE account_id = $1 AND idempotency_key = ANY (SELECT jsonb_array_elements_text($2::jsonb))"
     ),
+    jobs_in_states: "SELECT id, queue, payload, state, attempts, last_error, created_at, updated_at FROM jobs \
+         WHERE ($1::text IS NULL OR queue = $1) AND state = ANY (SELECT jsonb_array_elements_text($2::jsonb)) \
+         ORDER BY updated_at DESC, id LIMIT $3",
 };
 
 /// Runs `$body` with `$pool` bound to the backend's pool and `$dialect` to its [`Dialect`]; `$gate` is the write

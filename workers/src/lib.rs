@@ -9,11 +9,8 @@
 //! `synchronous=OFF`, which the ledger's file must never have. In production the queue is apalis-redis, shared by
 //! every worker process.
 
-mod batch;
-mod email;
+mod handlers;
 mod relay;
-mod stripe;
-mod webhook;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -30,6 +27,7 @@ use creditflow_jobs::webhooks::{DeliverWebhookV1, WebhookDeps};
 use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
+pub use creditflow_jobs::webhooks::WEBHOOKS_QUEUE;
 pub use relay::relay_once;
 
 /// How long an idle worker waits before looking for new jobs again.
@@ -107,9 +105,6 @@ pub struct Handlers {
     pub batches: BatchDeps,
 }
 
-/// The queue delivering events to monitoring endpoints.
-pub const WEBHOOKS_QUEUE: &str = "webhooks";
-
 /// Key prefix of creditflow's queues in Redis.
 const REDIS_QUEUE_PREFIX: &str = "creditflow";
 
@@ -161,47 +156,53 @@ impl Queues {
         Ok(Self { backend: QueueBackend::Sqlite { pool, stripe_events, emails, webhooks, batches } })
     }
 
-    /// Jobs of `queue` by status, from the embedded queue's own table. `None` on Redis, whose apalis 1.0 listing
-    /// reads the wrong keys (queue inspection that works on every backend is still to be built).
+    /// apalis's own task counts of `queue` by status, from the embedded queue's table (`None` on Redis, whose apalis
+    /// 1.0 listing reads the wrong keys). Operators use the job records in the store instead, which every backend
+    /// keeps the same way; this is for tests of apalis's side.
     pub async fn counts(&self, queue: &str) -> Result<Option<Vec<(String, i64)>>, sqlx::Error> {
         let QueueBackend::Sqlite { pool, .. } = &self.backend else { return Ok(None) };
         let sql = "SELECT status, COUNT(*) FROM Jobs WHERE job_type = $1 GROUP BY status ORDER BY status";
         sqlx::query_as(sql).bind(queue).fetch_all(pool).await.map(Some)
     }
 
-    /// Pushes a Stripe event job.
-    pub(crate) async fn push_stripe_event(&self, job: ProcessStripeEventV1) -> Result<(), String> {
-        match &self.backend {
-            QueueBackend::Sqlite { stripe_events, .. } => {
-                stripe_events.clone().push(job).await.map_err(|e| e.to_string())
-            }
-            QueueBackend::Redis { stripe_events, .. } => {
-                stripe_events.clone().push(job).await.map_err(|e| e.to_string())
-            }
+    /// Pushes a job to its queue.
+    pub(crate) async fn push(&self, job: AnyJob) -> Result<(), String> {
+        macro_rules! push {
+            ($storage:expr, $job:expr) => {
+                $storage.clone().push($job).await.map_err(|error| error.to_string())
+            };
+        }
+        match (&self.backend, job) {
+            (QueueBackend::Sqlite { stripe_events, .. }, AnyJob::StripeEvent(job)) => push!(stripe_events, job),
+            (QueueBackend::Sqlite { emails, .. }, AnyJob::Email(job)) => push!(emails, job),
+            (QueueBackend::Sqlite { webhooks, .. }, AnyJob::Webhook(job)) => push!(webhooks, job),
+            (QueueBackend::Sqlite { batches, .. }, AnyJob::UsageBatch(job)) => push!(batches, job),
+            (QueueBackend::Redis { stripe_events, .. }, AnyJob::StripeEvent(job)) => push!(stripe_events, job),
+            (QueueBackend::Redis { emails, .. }, AnyJob::Email(job)) => push!(emails, job),
+            (QueueBackend::Redis { webhooks, .. }, AnyJob::Webhook(job)) => push!(webhooks, job),
+            (QueueBackend::Redis { batches, .. }, AnyJob::UsageBatch(job)) => push!(batches, job),
         }
     }
+}
 
-    /// Pushes a webhook delivery job.
-    pub(crate) async fn push_webhook(&self, job: DeliverWebhookV1) -> Result<(), String> {
-        match &self.backend {
-            QueueBackend::Sqlite { webhooks, .. } => webhooks.clone().push(job).await.map_err(|e| e.to_string()),
-            QueueBackend::Redis { webhooks, .. } => webhooks.clone().push(job).await.map_err(|e| e.to_string()),
-        }
-    }
+/// A job of any queue.
+#[derive(Clone, Debug)]
+pub(crate) enum AnyJob {
+    StripeEvent(ProcessStripeEventV1),
+    Email(EmailJob),
+    Webhook(DeliverWebhookV1),
+    UsageBatch(PriceUsageBatchV1),
+}
 
-    /// Pushes a usage batch job.
-    pub(crate) async fn push_batch(&self, job: PriceUsageBatchV1) -> Result<(), String> {
-        match &self.backend {
-            QueueBackend::Sqlite { batches, .. } => batches.clone().push(job).await.map_err(|e| e.to_string()),
-            QueueBackend::Redis { batches, .. } => batches.clone().push(job).await.map_err(|e| e.to_string()),
-        }
-    }
-
-    /// Pushes an email job.
-    pub(crate) async fn push_email(&self, job: EmailJob) -> Result<(), String> {
-        match &self.backend {
-            QueueBackend::Sqlite { emails, .. } => emails.clone().push(job).await.map_err(|e| e.to_string()),
-            QueueBackend::Redis { emails, .. } => emails.clone().push(job).await.map_err(|e| e.to_string()),
+impl AnyJob {
+    /// The job as its record holds it.
+    fn queued(&self) -> creditflow_store::QueuedJob {
+        use creditflow_jobs::Job as _;
+        match self {
+            Self::StripeEvent(job) => job.queued(),
+            Self::Email(job) => job.queued(),
+            Self::Webhook(job) => job.queued(),
+            Self::UsageBatch(job) => job.queued(),
         }
     }
 }
@@ -219,19 +220,24 @@ pub async fn run(
         ExponentialBackoffMaker::new(settings.retry_delay_min, settings.retry_delay_max, 0.5, HasherRng::default())
             .map_err(|error| std::io::Error::other(format!("retry backoff settings: {error}")))?;
     let endpoints = handlers.webhooks.endpoints.clone();
+    let store_for_tracker = store.clone();
     let relay = tokio::spawn(relay::run(store, queues.clone(), endpoints, relay_stopped));
     let retry = settings.clone();
+    let max_attempts = i64::try_from(settings.retries.saturating_add(1)).unwrap_or(i64::MAX);
+    let tracker = handlers::Tracker { store: store_for_tracker, max_attempts };
     // The same workers on either storage; a fresh, unique name on every (re)start, as apalis refuses a name it saw
     // within the heartbeat window.
     macro_rules! worker {
         ($storage:expr, $name:literal, $handler:path, $data:expr, $concurrency:expr) => {{
             let (storage, data, backoff, retry) = ($storage, $data, backoff.clone(), retry.clone());
+            let tracker = tracker.clone();
             move |_restarts: usize| {
                 WorkerBuilder::new(format!("{}-{}", $name, uuid::Uuid::new_v4().simple()))
                     .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
                     .concurrency($concurrency)
                     .retry(RetryPolicy::retries(retry.retries).with_backoff(backoff.clone().make_backoff()))
                     .data(data.clone())
+                    .data(tracker.clone())
                     .build($handler)
             }
         }};
@@ -243,24 +249,36 @@ pub async fn run(
             .register(worker!(
                 stripe_events.clone(),
                 "stripe-events",
-                stripe::handle,
+                handlers::stripe_event,
                 stripe_deps,
                 retry.stripe_concurrency
             ))
-            .register(worker!(emails.clone(), "emails", email::handle, email_deps, retry.email_concurrency))
-            .register(worker!(webhooks.clone(), "webhooks", webhook::handle, webhook_deps, retry.webhook_concurrency))
-            .register(worker!(batches.clone(), "usage-batches", batch::handle, batch_deps, retry.batch_concurrency)),
+            .register(worker!(emails.clone(), "emails", handlers::email, email_deps, retry.email_concurrency))
+            .register(worker!(webhooks.clone(), "webhooks", handlers::webhook, webhook_deps, retry.webhook_concurrency))
+            .register(worker!(
+                batches.clone(),
+                "usage-batches",
+                handlers::usage_batch,
+                batch_deps,
+                retry.batch_concurrency
+            )),
         QueueBackend::Redis { stripe_events, emails, webhooks, batches } => Monitor::new()
             .register(worker!(
                 stripe_events.clone(),
                 "stripe-events",
-                stripe::handle,
+                handlers::stripe_event,
                 stripe_deps,
                 retry.stripe_concurrency
             ))
-            .register(worker!(emails.clone(), "emails", email::handle, email_deps, retry.email_concurrency))
-            .register(worker!(webhooks.clone(), "webhooks", webhook::handle, webhook_deps, retry.webhook_concurrency))
-            .register(worker!(batches.clone(), "usage-batches", batch::handle, batch_deps, retry.batch_concurrency)),
+            .register(worker!(emails.clone(), "emails", handlers::email, email_deps, retry.email_concurrency))
+            .register(worker!(webhooks.clone(), "webhooks", handlers::webhook, webhook_deps, retry.webhook_concurrency))
+            .register(worker!(
+                batches.clone(),
+                "usage-batches",
+                handlers::usage_batch,
+                batch_deps,
+                retry.batch_concurrency
+            )),
     }
     .shutdown_timeout(settings.shutdown_grace);
     let signal = async move {

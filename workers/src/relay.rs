@@ -1,17 +1,13 @@
 //! The outbox relay: outbox rows to queued jobs, at least once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use creditflow_jobs::emails::EmailJob;
-use creditflow_jobs::stripe_events::ProcessStripeEventV1;
-use std::sync::Arc;
-
-use creditflow_jobs::usage_batches::PriceUsageBatchV1;
-use creditflow_jobs::webhooks::{WebhookEndpoint, fan_out};
+use creditflow_jobs::webhooks::{WEBHOOKS_QUEUE, WebhookEndpoint, fan_out};
 use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE, WEBHOOK_EVENTS_QUEUE};
 use tokio::sync::watch;
 
-use crate::Queues;
+use crate::{AnyJob, Queues};
 
 const BATCH: i64 = 100;
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -22,63 +18,37 @@ pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndp
     let messages = store.unrelayed_outbox(BATCH).await.map_err(|e| e.to_string())?;
     let mut relayed = 0;
     for message in messages {
-        match message.queue.as_str() {
-            STRIPE_EVENTS_QUEUE => {
-                let job: ProcessStripeEventV1 = match serde_json::from_str(&message.payload) {
-                    Ok(job) => job,
-                    Err(error) => {
-                        set_aside(store, message.id, &error.to_string()).await?;
-                        continue;
-                    }
-                };
-                queues
-                    .push_stripe_event(job)
-                    .await
-                    .map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
-            }
-            USAGE_BATCHES_QUEUE => {
-                let job: PriceUsageBatchV1 = match serde_json::from_str(&message.payload) {
-                    Ok(job) => job,
-                    Err(error) => {
-                        set_aside(store, message.id, &error.to_string()).await?;
-                        continue;
-                    }
-                };
-                queues.push_batch(job).await.map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
-            }
-            EMAILS_QUEUE => {
-                let job: EmailJob = match serde_json::from_str(&message.payload) {
-                    Ok(job) => job,
-                    Err(error) => {
-                        set_aside(store, message.id, &error.to_string()).await?;
-                        continue;
-                    }
-                };
-                queues.push_email(job).await.map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
-            }
-            WEBHOOK_EVENTS_QUEUE => match fan_out(endpoints, &message.payload) {
-                Ok(deliveries) => {
-                    for delivery in deliveries {
-                        queues
-                            .push_webhook(delivery)
-                            .await
-                            .map_err(|e| format!("cannot queue a webhook delivery: {e}"))?;
-                    }
-                }
-                Err(error) => {
-                    set_aside(store, message.id, &error).await?;
-                    continue;
-                }
-            },
-            other => {
-                set_aside(store, message.id, &format!("unknown queue `{other}`")).await?;
+        let jobs = match jobs_for(&message.queue, &message.payload, endpoints) {
+            Ok(jobs) => jobs,
+            Err(why) => {
+                set_aside(store, message.id, &why).await?;
                 continue;
             }
+        };
+        let records: Vec<_> = jobs.iter().map(AnyJob::queued).collect();
+        for job in jobs {
+            queues.push(job).await.map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
         }
-        store.mark_outbox_relayed(message.id).await.map_err(|e| e.to_string())?;
+        store.mark_outbox_relayed_as(message.id, &records).await.map_err(|e| e.to_string())?;
         relayed += 1;
     }
     Ok(relayed)
+}
+
+/// The jobs an outbox message becomes: one, or one delivery per interested endpoint for a monitoring event.
+fn jobs_for(queue: &str, payload: &str, endpoints: &[WebhookEndpoint]) -> Result<Vec<AnyJob>, String> {
+    fn decode<T: serde::de::DeserializeOwned>(payload: &str) -> Result<T, String> {
+        serde_json::from_str(payload).map_err(|error| error.to_string())
+    }
+    Ok(match queue {
+        STRIPE_EVENTS_QUEUE => vec![AnyJob::StripeEvent(decode(payload)?)],
+        EMAILS_QUEUE => vec![AnyJob::Email(decode(payload)?)],
+        USAGE_BATCHES_QUEUE => vec![AnyJob::UsageBatch(decode(payload)?)],
+        // A delivery an operator retried.
+        WEBHOOKS_QUEUE => vec![AnyJob::Webhook(decode(payload)?)],
+        WEBHOOK_EVENTS_QUEUE => fan_out(endpoints, payload)?.into_iter().map(AnyJob::Webhook).collect(),
+        other => return Err(format!("unknown queue `{other}`")),
+    })
 }
 
 /// Takes a message that cannot be relayed out of the way (it stays in the outbox, marked, for an operator), so it

@@ -13,9 +13,9 @@ use creditflow_jobs::emails::{EmailDeps, Mailer};
 use creditflow_jobs::stripe_events::Deps;
 use creditflow_jobs::usage_batches::BatchDeps;
 use creditflow_jobs::webhooks::{WebhookDeps, WebhookEndpoint, sign};
-use creditflow_store::{BatchStatus, BatchSubmitted, NewAuditRecord, ReceivedEvent, Store};
+use creditflow_store::{BatchStatus, BatchSubmitted, JobState, NewAuditRecord, ReceivedEvent, Store};
 use creditflow_testkit::{TestBackend, TestDatabase, redis_namespace, redis_url};
-use creditflow_workers::{Handlers, Queues, WorkerSettings, run};
+use creditflow_workers::{Handlers, Queues, WEBHOOKS_QUEUE, WorkerSettings, run};
 
 const SECRET: &str = "monitoring-shared-secret";
 const CARD: &str = "version = \"v1\"\nrounding = \"precise\"\n[models.m1]\ncalls = 1\n";
@@ -194,7 +194,8 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
     let mut types = monitoring.types();
     types.sort();
     assert_eq!(types, ["balance.low", "purchase.succeeded"], "each event delivered, signatures verified");
-    wait_for("retries at the failing endpoint", || async { broken.attempts() >= 3 }).await;
+    a_failing_delivery_dies_after_its_attempts(&store, &broken).await;
+    jobs_are_recorded_and_can_be_retried(&store).await;
 
     a_usage_batch_is_debited(&store).await;
 
@@ -206,6 +207,39 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
         .expect("clean");
     assert_eq!(store.account(&alice).await.expect("read").expect("exists").balance, Millicredits::new(500_000));
     assert_eq!(emails(), 1, "one email for one crossing");
+}
+
+/// The failing endpoint's delivery is tried 1 + `retries` times, then dead; a dead job is never run again.
+async fn a_failing_delivery_dies_after_its_attempts(store: &Store, broken: &Receiver) {
+    wait_for("the failing delivery to die", || async {
+        !store.jobs(Some(WEBHOOKS_QUEUE), &[JobState::Dead], 10).await.expect("jobs").is_empty()
+    })
+    .await;
+    let dead = store.jobs(Some(WEBHOOKS_QUEUE), &[JobState::Dead], 10).await.expect("jobs");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].id.starts_with("webhooks:broken:"), "{}", dead[0].id);
+    assert_eq!(dead[0].attempts, 6);
+    assert!(dead[0].last_error.as_deref().is_some_and(|e| e.contains("500")), "{:?}", dead[0].last_error);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(broken.attempts(), 6, "no attempt after the job died");
+}
+
+/// Every job has a record; a dead job retried by an operator runs again (and dies again, here).
+async fn jobs_are_recorded_and_can_be_retried(store: &Store) {
+    let good = store.job("stripe_events:evt_good").await.expect("read").expect("recorded");
+    assert_eq!((good.state, good.attempts), (JobState::Done, 1));
+    let foreign = store.job("stripe_events:evt_foreign").await.expect("read").expect("recorded");
+    assert_eq!((foreign.state, foreign.attempts), (JobState::Dead, 1), "a permanent failure is not retried");
+    assert!(foreign.last_error.as_deref().is_some_and(|e| e.contains("creditflow_account_id")), "{foreign:?}");
+    let retried = store.retry_job(&foreign.id).await.expect("answered").expect("a dead job can be retried");
+    assert_eq!((retried.state, retried.attempts), (JobState::Pending, 0));
+    wait_for("the retried job to run", || async {
+        let job = store.job(&foreign.id).await.expect("read").expect("recorded");
+        job.state == JobState::Dead && job.attempts == 1 && job.updated_at > retried.updated_at
+    })
+    .await;
+    let refused = store.retry_job(&good.id).await.expect("answered").expect_err("done jobs are not retried");
+    assert!(refused.to_string().contains("is done"), "{refused}");
 }
 
 /// A usage batch is priced and debited by the `usage_batches` pool.

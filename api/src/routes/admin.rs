@@ -155,7 +155,7 @@ pub(crate) enum UploadResponse {
     Exists(Json<RateCardInfo>),
 }
 
-fn audit(
+pub(super) fn audit(
     principal: &Principal,
     action: &str,
     subject: &str,
@@ -175,11 +175,11 @@ fn account_id(path: &str) -> Result<AccountId, ApiError> {
     AccountId::new(path).map_err(|_| ApiError::invalid("account ids are 1 to 64 of A-Z a-z 0-9 _ -"))
 }
 
-fn not_found(what: String) -> ApiError {
+pub(super) fn not_found(what: String) -> ApiError {
     ApiError::NotFound(Json(ErrorBody::new("not_found", what)))
 }
 
-fn reader(principal: &Principal) -> Result<(), ApiError> {
+pub(super) fn reader(principal: &Principal) -> Result<(), ApiError> {
     if principal.has(Role::Admin) || principal.has(Role::Finance) {
         Ok(())
     } else {

@@ -4,6 +4,7 @@
 pub(crate) mod account;
 pub(crate) mod admin;
 pub(crate) mod batches;
+pub(crate) mod jobs;
 pub(crate) mod probes;
 pub(crate) mod settings;
 pub(crate) mod usage;

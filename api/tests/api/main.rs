@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod batches;
 mod helpers;
+mod jobs;
 mod ledger;
 mod probes;
 mod protection;
