@@ -59,12 +59,15 @@ pub struct AppState {
     pub cors: CorsAllowlist,
     /// Stripe webhook verification.
     pub stripe: StripeWebhookSettings,
+    /// Stripe's API, when this deployment sells packs (`None`: purchases answer 503 `stripe_not_configured`).
+    pub payments: Option<Arc<creditflow_payments::Stripe>>,
 }
 
 type Operations = (
     routes::probes::ProbesApi,
     routes::usage::UsageApi,
     routes::batches::BatchesApi,
+    routes::purchases::PurchasesApi,
     routes::account::AccountApi,
     routes::settings::SettingsApi,
     routes::admin::AdminApi,
@@ -77,6 +80,7 @@ fn service() -> OpenApiService<Operations, ()> {
             routes::probes::ProbesApi,
             routes::usage::UsageApi,
             routes::batches::BatchesApi,
+            routes::purchases::PurchasesApi,
             routes::account::AccountApi,
             routes::settings::SettingsApi,
             routes::admin::AdminApi,

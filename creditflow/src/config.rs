@@ -102,11 +102,21 @@ pub(crate) struct StripeSettings {
     pub(crate) webhook_tolerance_seconds: i64,
     /// Freeze an account when one of its payments is disputed.
     pub(crate) freeze_on_dispute: bool,
+    /// The API secret key (`sk_...` or a restricted `rk_...`); purchases and autoreload need it.
+    pub(crate) secret_key: Option<String>,
+    /// Where Stripe's API is (default `https://api.stripe.com/`; a test double such as localstripe in tests).
+    pub(crate) api_base: Option<String>,
 }
 
 impl Default for StripeSettings {
     fn default() -> Self {
-        Self { webhook_secret: None, webhook_tolerance_seconds: 300, freeze_on_dispute: true }
+        Self {
+            webhook_secret: None,
+            webhook_tolerance_seconds: 300,
+            freeze_on_dispute: true,
+            secret_key: None,
+            api_base: None,
+        }
     }
 }
 
@@ -247,6 +257,17 @@ fn validate(config: Config) -> Result<Loaded, ConfigError> {
     if config.stripe.webhook_secret.as_deref().is_some_and(|secret| !secret.starts_with("whsec_")) {
         return Err(invalid("stripe.webhook_secret", "a Stripe webhook secret starts with `whsec_`"));
     }
+    if config.stripe.secret_key.as_deref().is_some_and(|key| !(key.starts_with("sk_") || key.starts_with("rk_"))) {
+        return Err(invalid("stripe.secret_key", "a Stripe secret key starts with `sk_` (or `rk_` when restricted)"));
+    }
+    if config
+        .stripe
+        .api_base
+        .as_deref()
+        .is_some_and(|base| !(base.starts_with("https://") || base.starts_with("http://")))
+    {
+        return Err(invalid("stripe.api_base", "must be an http:// or https:// URL"));
+    }
     if !(1..=3_600).contains(&config.stripe.webhook_tolerance_seconds) {
         return Err(invalid("stripe.webhook_tolerance_seconds", "must be 1 to 3600"));
     }
@@ -328,6 +349,9 @@ impl Config {
         shown.email.smtp_url = shown.email.smtp_url.as_deref().map(creditflow_store::redact_url);
         for endpoint in &mut shown.webhook_endpoints {
             "***".clone_into(&mut endpoint.secret);
+        }
+        if shown.stripe.secret_key.is_some() {
+            shown.stripe.secret_key = Some("sk_***".to_owned());
         }
         if shown.stripe.webhook_secret.is_some() {
             shown.stripe.webhook_secret = Some("whsec_***".to_owned());

@@ -122,7 +122,17 @@ async fn app_state(loaded: &Loaded, store: &Store) -> anyhow::Result<AppState> {
             secret: config.stripe.webhook_secret.clone(),
             tolerance_seconds: config.stripe.webhook_tolerance_seconds,
         },
+        payments: payments(loaded)?,
     })
+}
+
+/// Stripe's API client, when a secret key is configured.
+pub(crate) fn payments(loaded: &Loaded) -> anyhow::Result<Option<Arc<creditflow_payments::Stripe>>> {
+    let stripe = &loaded.config.stripe;
+    let Some(key) = stripe.secret_key.as_deref() else { return Ok(None) };
+    let client = creditflow_payments::Stripe::new(key, stripe.api_base.as_deref())
+        .map_err(|error| anyhow::anyhow!("stripe: {error}"))?;
+    Ok(Some(Arc::new(client)))
 }
 
 /// `creditflow worker`.

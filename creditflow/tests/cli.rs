@@ -422,3 +422,59 @@ async fn jobs_lists_retries_and_discards_from_the_command_line() {
     let (code, _, stderr) = run(dir.path(), &["jobs", "show", "nope"], &[]);
     assert_eq!((code, stderr.contains("no job `nope`")), (1, true), "{stderr}");
 }
+
+/// Registers `url` at localstripe to receive payment events signed with `secret`.
+async fn register_localstripe_webhook(client: &reqwest::Client, url: &str, secret: &str) {
+    let id = format!("cf{}", uuid::Uuid::new_v4().simple());
+    let response = client
+        .post(format!("{}/_config/webhooks/{id}", creditflow_testkit::stripe_url()))
+        .form(&[
+            ("url", url),
+            ("secret", secret),
+            ("events[]", "payment_intent.succeeded"),
+            ("events[]", "payment_intent.payment_failed"),
+        ])
+        .send()
+        .await
+        .expect("localstripe answers (scripts/test starts it)");
+    assert!(response.status().is_success(), "webhook registration: {}", response.status());
+}
+
+#[tokio::test]
+async fn a_pack_bought_through_localstripe_is_credited_once() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let secret = "whsec_localstripe_e2e";
+    let stripe_url = creditflow_testkit::stripe_url();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret),
+            ("CREDITFLOW_STRIPE__SECRET_KEY", "sk_test_e2e"),
+            ("CREDITFLOW_STRIPE__API_BASE", &stripe_url),
+        ],
+    );
+    let client = reqwest::Client::new();
+    register_localstripe_webhook(&client, &format!("{}/webhooks/stripe", server.base_url), secret).await;
+    let account = format!("e2e{}", uuid::Uuid::new_v4().simple());
+    let (_, token, _) = run(dir.path(), &["token", "--sub", &account, "--role", "customer"], &[]);
+    let response = client
+        .post(format!("{}/api/purchases", server.base_url))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({"pack": "starter"}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 201);
+    let started: serde_json::Value = response.json().await.expect("json");
+    let intent = started["paymentIntentId"].as_str().expect("id");
+    // What Stripe.js does in the browser: confirm with a card. localstripe then sends payment_intent.succeeded,
+    // signed, to creditflow's webhook. (localstripe takes the card as an update, not as a confirm parameter.)
+    let stripe = |path: String| client.post(format!("{stripe_url}/v1/payment_intents/{intent}{path}"));
+    let card = stripe(String::new()).basic_auth("sk_test_e2e", Some("")).form(&[("payment_method", "pm_card_visa")]);
+    assert!(card.send().await.expect("localstripe answers").status().is_success());
+    let confirmed =
+        stripe("/confirm".to_owned()).basic_auth("sk_test_e2e", Some("")).send().await.expect("localstripe answers");
+    assert!(confirmed.status().is_success(), "confirm: {}", confirmed.text().await.unwrap_or_default());
+    wait_for_balance(&client, &server.base_url, token.trim(), &account, 5_000_000).await;
+    server.terminate();
+}

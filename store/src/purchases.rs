@@ -121,3 +121,37 @@ impl Store {
         .transpose()
     }
 }
+
+impl Store {
+    /// The Stripe customer of an account, once one was made.
+    pub async fn stripe_customer(&self, account_id: &AccountId) -> Result<Option<String>, StoreError> {
+        let sql = "SELECT customer_id FROM stripe_customers WHERE account_id = $1";
+        let id: Option<String> = on_backend!(self, |pool, _dialect| sqlx::query_scalar(sql)
+            .bind(account_id.as_str())
+            .fetch_optional(pool)
+            .await?);
+        Ok(id)
+    }
+
+    /// Remembers `customer_id` as the account's Stripe customer unless one is already remembered; returns the one
+    /// that stands (so two racing first purchases agree on one customer).
+    pub async fn remember_stripe_customer(
+        &self,
+        account_id: &AccountId,
+        customer_id: &str,
+    ) -> Result<String, StoreError> {
+        let insert = "INSERT INTO stripe_customers (account_id, customer_id, created_at) VALUES ($1, $2, $3) \
+                      ON CONFLICT (account_id) DO NOTHING";
+        on_backend!(self, |pool, _dialect| {
+            sqlx::query(insert)
+                .bind(account_id.as_str())
+                .bind(customer_id)
+                .bind(Timestamp::now())
+                .execute(pool)
+                .await?;
+        });
+        self.stripe_customer(account_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("the Stripe customer of {account_id} vanished")))
+    }
+}

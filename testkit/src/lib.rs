@@ -24,6 +24,12 @@ pub fn redis_namespace() -> String {
     format!("cf-test-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// The fake Stripe (localstripe, patched by `testkit/support/localstripe_launcher.py`) tests use, from
+/// `CREDITFLOW_TEST_STRIPE_URL` (default `http://127.0.0.1:8420`); `scripts/test` starts it.
+pub fn stripe_url() -> String {
+    std::env::var("CREDITFLOW_TEST_STRIPE_URL").unwrap_or_else(|_| "http://127.0.0.1:8420".to_owned())
+}
+
 /// Which backend a test database is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestBackend {

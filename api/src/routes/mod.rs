@@ -6,6 +6,7 @@ pub(crate) mod admin;
 pub(crate) mod batches;
 pub(crate) mod jobs;
 pub(crate) mod probes;
+pub(crate) mod purchases;
 pub(crate) mod settings;
 pub(crate) mod usage;
 pub(crate) mod webhooks;

@@ -17,6 +17,8 @@ use tokio::sync::RwLock;
 pub(crate) const ISSUER: &str = "https://issuer.test/";
 pub(crate) const AUDIENCE: &str = "creditflow-test";
 pub(crate) const WEBHOOK_SECRET: &str = "whsec_test_secret";
+/// The Stripe key the app uses against localstripe (which accepts any `sk_` key).
+pub(crate) const STRIPE_KEY: &str = "sk_test_creditflow";
 
 pub(crate) const CEIL_CARD: &str = "version = \"v1\"\nrounding = \"ceil\"\n[models.\"gpt-4o\"]\n\
     input_tokens = \"0.0025\"\noutput_tokens = \"0.01\"\n";
@@ -177,8 +179,19 @@ impl TestApp {
         Self::spawn_limited(backend, auth, RateLimiter::in_memory(10_000)).await
     }
 
-    /// Spawns the app with `limiter`.
+    /// Spawns the app with `limiter`, selling packs through localstripe.
     pub(crate) async fn spawn_limited(backend: TestBackend, auth: Auth, limiter: RateLimiter) -> Self {
+        let stripe = creditflow_payments::Stripe::new(STRIPE_KEY, Some(&creditflow_testkit::stripe_url()));
+        Self::spawn_with(backend, auth, limiter, Some(Arc::new(stripe.expect("client")))).await
+    }
+
+    /// Spawns the app with `limiter` and `payments`.
+    pub(crate) async fn spawn_with(
+        backend: TestBackend,
+        auth: Auth,
+        limiter: RateLimiter,
+        payments: Option<Arc<creditflow_payments::Stripe>>,
+    ) -> Self {
         let database = TestDatabase::new(backend).await;
         let store = Store::connect(&database.url, 16).await.expect("connect");
         store.migrate().await.expect("migrate");
@@ -204,6 +217,7 @@ impl TestApp {
             limiter: Arc::new(limiter),
             cors: CorsAllowlist::new(["https://app.example.com".to_owned()]),
             stripe: StripeWebhookSettings { secret: Some(WEBHOOK_SECRET.to_owned()), tolerance_seconds: 300 },
+            payments,
         };
         let app = Self { base: serve(app(state)).await, client: reqwest::Client::new(), store, database };
         app.add_and_activate(CEIL_CARD).await;

@@ -8,5 +8,6 @@ mod jobs;
 mod ledger;
 mod probes;
 mod protection;
+mod purchases;
 mod reconcile;
 mod webhooks;

@@ -1,0 +1,8 @@
+-- The Stripe customer of each account, created once (by the first purchase) and reused by autoreload.
+-- Keep in step with ../postgres/0008_stripe_customers.sql.
+
+CREATE TABLE stripe_customers (
+    account_id  TEXT PRIMARY KEY NOT NULL REFERENCES accounts (id),
+    customer_id TEXT NOT NULL UNIQUE,
+    created_at  TEXT NOT NULL
+) STRICT;
