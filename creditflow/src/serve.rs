@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use std::sync::Arc;
 
 use creditflow_api::{AppState, Authenticator, CorsAllowlist, DevKey, RateLimiter, StripeWebhookSettings, app};
+use creditflow_jobs::autoreload::AutoreloadDeps;
 use creditflow_jobs::emails::{EmailDeps, Mailer};
 use creditflow_jobs::stripe_events::Deps;
 use creditflow_jobs::usage_batches::BatchDeps;
@@ -160,16 +161,18 @@ fn job_deps(store: &Store, loaded: &Loaded) -> anyhow::Result<Handlers> {
     }
     .map_err(|message| anyhow::anyhow!("email: {message}"))?;
     let from = email.from.parse().map_err(|error| anyhow::anyhow!("email.from: {error}"))?;
+    let stripe_deps = Deps {
+        store: store.clone(),
+        packs: Arc::new(loaded.packs.clone()),
+        freeze_on_dispute: loaded.config.stripe.freeze_on_dispute,
+    };
     Ok(Handlers {
-        stripe: Deps {
-            store: store.clone(),
-            packs: Arc::new(loaded.packs.clone()),
-            freeze_on_dispute: loaded.config.stripe.freeze_on_dispute,
-        },
+        stripe: stripe_deps.clone(),
         email: EmailDeps { store: store.clone(), mailer: Arc::new(mailer), from },
         webhooks: WebhookDeps::new(loaded.config.webhook_endpoints.clone())
             .map_err(|message| anyhow::anyhow!("webhooks: {message}"))?,
         batches: BatchDeps { store: store.clone() },
+        autoreload: AutoreloadDeps { fulfilment: stripe_deps, stripe: payments(loaded)? },
     })
 }
 

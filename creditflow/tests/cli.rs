@@ -423,9 +423,11 @@ async fn jobs_lists_retries_and_discards_from_the_command_line() {
     assert_eq!((code, stderr.contains("no job `nope`")), (1, true), "{stderr}");
 }
 
-/// Registers `url` at localstripe to receive payment events signed with `secret`.
+/// Registers `url` at localstripe to receive payment events signed with `secret`. One fixed registration, replaced
+/// by each run: localstripe delivers to its endpoints one after another and keeps them all, so registrations left by
+/// earlier runs (whose ports another process may now hold) would delay delivery.
 async fn register_localstripe_webhook(client: &reqwest::Client, url: &str, secret: &str) {
-    let id = format!("cf{}", uuid::Uuid::new_v4().simple());
+    let id = "creditflow-cli-tests";
     let response = client
         .post(format!("{}/_config/webhooks/{id}", creditflow_testkit::stripe_url()))
         .form(&[

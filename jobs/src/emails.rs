@@ -24,6 +24,21 @@ pub enum EmailJob {
     /// The balance fell below the account's threshold.
     #[serde(rename = "low_balance_email")]
     LowBalance(LowBalanceEmailV1),
+    /// Autoreload kept failing and was turned off.
+    #[serde(rename = "autoreload_disabled_email")]
+    AutoreloadDisabled(AutoreloadDisabledEmailV1),
+}
+
+/// Autoreload was turned off after failing again and again (queued by the autoreload job that turned it off).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoreloadDisabledEmailV1 {
+    /// The account.
+    pub account_id: String,
+    /// The reload whose failure turned it off.
+    pub reload_id: String,
+    /// Why the last reload failed.
+    pub reason: String,
 }
 
 /// A balance crossed below the low-balance threshold (queued by the posting that crossed it).
@@ -105,41 +120,82 @@ pub enum Emailed {
 /// Runs an email job. Idempotent.
 pub async fn send_email(job: &EmailJob, deps: &EmailDeps) -> Result<Emailed, JobError> {
     match job {
-        EmailJob::LowBalance(notice) => low_balance(notice, deps).await,
+        EmailJob::LowBalance(notice) => {
+            let balance = Millicredits::new(notice.balance_millicredits);
+            let threshold = Millicredits::new(notice.threshold_millicredits);
+            let email = Email {
+                key: format!("low_balance:{}", notice.entry_id),
+                account_id: &notice.account_id,
+                subject: format!("Your balance is low: {balance} credits"),
+                text: format!(
+                    "Your balance is {balance} credits, below the {threshold} credits you asked to be told about.\n\n\
+                     Buy a credit pack or turn on autoreload to keep your requests going.\n"
+                ),
+                html: format!(
+                    "<p>Your balance is <strong>{balance} credits</strong>, below the {threshold} credits you asked \
+                     to be told about.</p><p>Buy a credit pack or turn on autoreload to keep your requests going.</p>"
+                ),
+            };
+            send_once(&email, deps).await
+        }
+        EmailJob::AutoreloadDisabled(notice) => {
+            let reason = html_escape(&notice.reason);
+            let email = Email {
+                key: format!("autoreload_disabled:{}", notice.reload_id),
+                account_id: &notice.account_id,
+                subject: "Autoreload is off: your card was not charged".to_owned(),
+                text: format!(
+                    "We could not top up your credits automatically several times in a row, so autoreload is now \
+                     off.\n\nThe last attempt failed: {}\n\nUpdate your card and turn autoreload back on to keep \
+                     your requests going.\n",
+                    notice.reason
+                ),
+                html: format!(
+                    "<p>We could not top up your credits automatically several times in a row, so <strong>autoreload \
+                     is now off</strong>.</p><p>The last attempt failed: {reason}</p><p>Update your card and turn \
+                     autoreload back on to keep your requests going.</p>"
+                ),
+            };
+            send_once(&email, deps).await
+        }
     }
 }
 
-async fn low_balance(notice: &LowBalanceEmailV1, deps: &EmailDeps) -> Result<Emailed, JobError> {
-    let key = format!("low_balance:{}", notice.entry_id);
-    let account = AccountId::new(notice.account_id.clone())
-        .map_err(|_| JobError::Permanent(format!("bad account id {}", notice.account_id)))?;
+/// One email to an account's address, sent at most once per `key`.
+struct Email<'a> {
+    key: String,
+    account_id: &'a str,
+    subject: String,
+    text: String,
+    html: String,
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Sends `email` unless it was sent before: the key is claimed first (so two deliveries of one job cannot both
+/// send) and given back when sending fails (so the retry can send).
+async fn send_once(email: &Email<'_>, deps: &EmailDeps) -> Result<Emailed, JobError> {
+    let account = AccountId::new(email.account_id.to_owned())
+        .map_err(|_| JobError::Permanent(format!("bad account id {}", email.account_id)))?;
     let Some(address) = deps.store.settings(&account).await?.email else { return Ok(Emailed::NoAddress) };
     let to: Mailbox = address
         .parse()
         .map_err(|error| JobError::Permanent(format!("account {account} has an unusable email address: {error}")))?;
-    let balance = Millicredits::new(notice.balance_millicredits);
-    let threshold = Millicredits::new(notice.threshold_millicredits);
-    let text = format!(
-        "Your balance is {balance} credits, below the {threshold} credits you asked to be told about.\n\n\
-         Buy a credit pack or turn on autoreload to keep your requests going.\n"
-    );
-    let html = format!(
-        "<p>Your balance is <strong>{balance} credits</strong>, below the {threshold} credits you asked to be told \
-         about.</p><p>Buy a credit pack or turn on autoreload to keep your requests going.</p>"
-    );
     let message = Message::builder()
         .from(deps.from.clone())
         .to(to)
-        .subject(format!("Your balance is low: {balance} credits"))
-        .multipart(MultiPart::alternative_plain_html(text, html))
+        .subject(email.subject.clone())
+        .multipart(MultiPart::alternative_plain_html(email.text.clone(), email.html.clone()))
         .map_err(|error| JobError::Permanent(format!("cannot build the email: {error}")))?;
-    if !deps.store.claim_notification(&key, account.as_str()).await? {
+    if !deps.store.claim_notification(&email.key, account.as_str()).await? {
         return Ok(Emailed::AlreadySent);
     }
     if let Err(error) = deps.mailer.send(message).await {
-        deps.store.release_notification(&key).await?;
+        deps.store.release_notification(&email.key).await?;
         return Err(JobError::Transient(format!("cannot send the email: {error}")));
     }
-    tracing::info!(%account, entry = %notice.entry_id, "low-balance email sent");
+    tracing::info!(%account, key = %email.key, "email sent");
     Ok(Emailed::Sent)
 }

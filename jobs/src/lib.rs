@@ -7,6 +7,7 @@
 //!
 //! The worker pools that run them are in `creditflow-workers` (apalis); tests here drive the handlers directly.
 
+pub mod autoreload;
 pub mod emails;
 pub mod stripe_events;
 pub mod usage_batches;
@@ -45,6 +46,7 @@ impl Job for emails::EmailJob {
     fn job_id(&self) -> String {
         match self {
             Self::LowBalance(notice) => format!("{}:low_balance:{}", Self::QUEUE, notice.entry_id),
+            Self::AutoreloadDisabled(notice) => format!("{}:autoreload_disabled:{}", Self::QUEUE, notice.reload_id),
         }
     }
 }
@@ -55,6 +57,13 @@ impl Job for webhooks::DeliverWebhookV1 {
         let event: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_default();
         let event_id = event["id"].as_str().unwrap_or("unknown");
         format!("{}:{}:{event_id}", Self::QUEUE, self.endpoint_id)
+    }
+}
+
+impl Job for autoreload::RunAutoreloadV1 {
+    const QUEUE: &'static str = creditflow_store::AUTORELOADS_QUEUE;
+    fn job_id(&self) -> String {
+        format!("{}:{}", Self::QUEUE, self.reload_id)
     }
 }
 

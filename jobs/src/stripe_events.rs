@@ -23,6 +23,13 @@ use crate::JobError;
 pub const ACCOUNT_METADATA_KEY: &str = "creditflow_account_id";
 /// Metadata key naming the pack a payment buys.
 pub const PACK_METADATA_KEY: &str = "creditflow_pack_id";
+/// Metadata key with how many of the pack a payment buys (`"1"` when absent; autoreload buys several to close the
+/// gap in one charge).
+pub const QUANTITY_METADATA_KEY: &str = "creditflow_quantity";
+/// Metadata key naming the reload an off-session payment is for; its credit is an autoreload credit.
+pub const AUTORELOAD_METADATA_KEY: &str = "creditflow_autoreload_id";
+/// The most packs one payment may buy.
+pub const QUANTITY_MAX: i64 = 100;
 
 /// Process one stored Stripe event (queue `stripe_events`, written by the webhook receiver). Never rename.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,25 +267,49 @@ fn purchase(
     }
 }
 
-/// Credits the pack for a paid payment, once.
+/// Credits a paid payment (a purchase or an autoreload) once: the same entry whoever asks first, the webhook or the
+/// autoreload job that made the payment.
+pub async fn fulfil_payment(
+    intent_id: &str,
+    amount_cents: i64,
+    currency: &str,
+    metadata: &Value,
+    deps: &Deps,
+) -> Result<Processed, JobError> {
+    fulfil(&Payment { intent_id, amount_cents, currency, metadata }, deps).await
+}
+
+/// Credits the packs of a paid payment, once.
 async fn fulfil(payment: &Payment<'_>, deps: &Deps) -> Result<Processed, JobError> {
     let (account_id, pack_id) = buyer(payment)?;
     let Some(pack) = deps.packs.get(&pack_id) else {
         return Err(JobError::Permanent(format!("payment {} is for unknown pack {pack_id}", payment.intent_id)));
     };
-    if payment.currency != "usd" || payment.amount_cents < pack.price_usd_cents {
+    let quantity = match payment.metadata[QUANTITY_METADATA_KEY].as_str() {
+        None => 1,
+        Some(text) => text.parse::<i64>().ok().filter(|n| (1..=QUANTITY_MAX).contains(n)).ok_or_else(|| {
+            JobError::Permanent(format!("payment {}: bad {QUANTITY_METADATA_KEY} `{text}`", payment.intent_id))
+        })?,
+    };
+    let price = pack.price_usd_cents.checked_mul(quantity);
+    let grant = pack.grant.get().checked_mul(quantity).map(Millicredits::new);
+    let (Some(price), Some(grant)) = (price, grant) else {
+        return Err(JobError::Permanent(format!("payment {}: amounts out of range", payment.intent_id)));
+    };
+    if payment.currency != "usd" || payment.amount_cents < price {
         return Err(JobError::Permanent(format!(
-            "payment {} paid {} {} for pack {pack_id} priced {} usd cents: an operator must look",
-            payment.intent_id, payment.amount_cents, payment.currency, pack.price_usd_cents
+            "payment {} paid {} {} for {quantity} x pack {pack_id} priced {price} usd cents: an operator must look",
+            payment.intent_id, payment.amount_cents, payment.currency
         )));
     }
+    let reload = payment.metadata[AUTORELOAD_METADATA_KEY].as_str();
     deps.store.create_account(&account_id).await?;
     let posting = Posting {
         account_id: account_id.clone(),
-        kind: EntryKind::PurchaseCredit,
-        amount: pack.grant,
+        kind: if reload.is_some() { EntryKind::AutoreloadCredit } else { EntryKind::PurchaseCredit },
+        amount: grant,
         idempotency_key: format!("payment:{}", payment.intent_id),
-        correlation_id: None,
+        correlation_id: reload.map(str::to_owned),
         rate_version: None,
         source_ref: Some(payment.intent_id.to_owned()),
         reason: None,
@@ -296,16 +327,25 @@ async fn fulfil(payment: &Payment<'_>, deps: &Deps) -> Result<Processed, JobErro
         purchase(payment, account_id.clone(), pack_id.clone(), PurchaseStatus::Succeeded, Some(entry.id.clone()), None);
     deps.store.record_purchase(&record).await?;
     // Announced on every run, recorded once (by event id): a crash after the credit cannot lose the announcement.
-    let data = serde_json::json!({
+    let mut data = serde_json::json!({
         "accountId": account_id.as_str(),
         "packId": pack_id,
+        "quantity": quantity,
         "paymentIntentId": payment.intent_id,
+        "amountUsdCents": payment.amount_cents,
         "creditsMillicredits": entry.amount.get(),
         "balanceMillicredits": entry.balance_after.get(),
     });
-    deps.store.announce("purchase.succeeded", &format!("evt_purchase_{}", payment.intent_id), &data).await?;
+    let (event_type, event_id) = match reload {
+        Some(reload_id) => {
+            data["autoreloadId"] = reload_id.into();
+            ("autoreload.succeeded", format!("evt_autoreload_{}", payment.intent_id))
+        }
+        None => ("purchase.succeeded", format!("evt_purchase_{}", payment.intent_id)),
+    };
+    deps.store.announce(event_type, &event_id, &data).await?;
     if fresh {
-        tracing::info!(payment = payment.intent_id, entry = %entry.id, "purchase credited");
+        tracing::info!(payment = payment.intent_id, entry = %entry.id, event_type, "payment credited");
         Ok(Processed::Credited(entry.id))
     } else {
         Ok(Processed::AlreadyCredited(entry.id))

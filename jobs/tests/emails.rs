@@ -132,3 +132,32 @@ async fn a_low_balance_email_arrives_over_smtp_in_maildev() {
         mine[0]
     );
 }
+
+#[tokio::test]
+async fn the_autoreload_disabled_email_names_the_failure_and_escapes_it() {
+    let database = TestDatabase::new(TestBackend::Sqlite).await;
+    let store = Store::connect(&database.url, 4).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let account = AccountId::new("lin").expect("valid");
+    store.create_account(&account).await.expect("create");
+    let settings = AccountSettings { email: Some("lin@example.com".into()), ..AccountSettings::default() };
+    store.put_settings(&account, &settings).await.expect("settings");
+    let folder = tempfile::tempdir().expect("tempdir");
+    let deps = EmailDeps {
+        store: store.clone(),
+        mailer: Arc::new(Mailer::outbox(folder.path().to_path_buf()).expect("outbox")),
+        from: "creditflow <billing@creditflow.test>".parse().expect("mailbox"),
+    };
+    let job: EmailJob = serde_json::from_value(serde_json::json!({
+        "kind": "autoreload_disabled_email", "accountId": "lin", "reloadId": "ar_1",
+        "reason": "the card was declined: <generic_decline>",
+    }))
+    .expect("the wire shape parses");
+    assert_eq!(send_email(&job, &deps).await.expect("sent"), Emailed::Sent);
+    assert_eq!(send_email(&job, &deps).await.expect("again"), Emailed::AlreadySent);
+    let files: Vec<_> = std::fs::read_dir(folder.path()).expect("folder").map(|e| e.expect("entry").path()).collect();
+    let eml = std::fs::read_to_string(&files[0]).expect("eml");
+    assert!(eml.contains("Subject: Autoreload is off"), "{eml}");
+    assert!(eml.contains("declined: <generic_decline>"), "the text part as written: {eml}");
+    assert!(eml.contains("&lt;generic_decline&gt;"), "the HTML part escaped: {eml}");
+}

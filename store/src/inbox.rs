@@ -137,17 +137,15 @@ impl Store {
 impl Store {
     /// Records an event for the monitoring webhooks once: a second call with the same `event_id` changes nothing.
     pub async fn announce(&self, event_type: &str, event_id: &str, data: &serde_json::Value) -> Result<(), StoreError> {
+        self.enqueue_once(WEBHOOK_EVENTS_QUEUE, &webhook_event(event_type, event_id, data), event_id).await
+    }
+
+    /// Records a job for `queue` once per `dedupe_key`: a second call with the same key changes nothing.
+    pub async fn enqueue_once(&self, queue: &str, payload: &str, dedupe_key: &str) -> Result<(), StoreError> {
         let sql = "INSERT INTO outbox (queue, payload, created_at, dedupe_key) VALUES ($1, $2, $3, $4) \
                    ON CONFLICT (dedupe_key) DO NOTHING";
-        let payload = webhook_event(event_type, event_id, data);
         on_backend!(self, |pool, _dialect| {
-            sqlx::query(sql)
-                .bind(WEBHOOK_EVENTS_QUEUE)
-                .bind(payload.as_str())
-                .bind(Timestamp::now())
-                .bind(event_id)
-                .execute(pool)
-                .await?;
+            sqlx::query(sql).bind(queue).bind(payload).bind(Timestamp::now()).bind(dedupe_key).execute(pool).await?;
         });
         Ok(())
     }

@@ -8,13 +8,16 @@
 //! out of attempts; an operator may retry it), `done`, `discarded` (an operator gave up on it). A worker handed a
 //! job whose record is done, dead or discarded does not run it again.
 
-use crate::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, StoreError, Timestamp, USAGE_BATCHES_QUEUE, on_backend};
+use crate::{
+    AUTORELOADS_QUEUE, EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, StoreError, Timestamp, USAGE_BATCHES_QUEUE, on_backend,
+};
 
 /// The queue delivering events to monitoring endpoints (one job per event and endpoint).
 pub const WEBHOOKS_QUEUE: &str = "webhooks";
 
 /// Every queue, in the order operators read them.
-pub const JOB_QUEUES: [&str; 4] = [STRIPE_EVENTS_QUEUE, USAGE_BATCHES_QUEUE, EMAILS_QUEUE, WEBHOOKS_QUEUE];
+pub const JOB_QUEUES: [&str; 5] =
+    [STRIPE_EVENTS_QUEUE, USAGE_BATCHES_QUEUE, AUTORELOADS_QUEUE, EMAILS_QUEUE, WEBHOOKS_QUEUE];
 
 /// Where a job stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

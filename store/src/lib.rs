@@ -8,6 +8,7 @@
 
 mod accounts;
 mod audit;
+mod autoreloads;
 mod batches;
 mod connect;
 mod error;
@@ -24,6 +25,7 @@ use sqlx::{Pool, Postgres, Sqlite};
 
 pub use accounts::Account;
 pub use audit::{AuditRecord, NewAuditRecord};
+pub use autoreloads::{AUTORELOADS_QUEUE, AutoreloadOutcome, AutoreloadRecord, AutoreloadState};
 pub use batches::{BatchResult, BatchStatus, BatchSubmitted, USAGE_BATCHES_QUEUE, UsageBatch};
 pub use connect::redact_url;
 pub use error::StoreError;
@@ -94,11 +96,11 @@ struct Dialect {
 }
 
 const ACCOUNT_COLUMNS_LOCKED_SQLITE: &str = "SELECT a.balance_millicredits, a.status, a.last_sequence, \
-     s.low_balance_threshold_millicredits FROM accounts a LEFT JOIN account_settings s ON s.account_id = a.id \
-     WHERE a.id = $1";
+     s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits \
+     FROM accounts a LEFT JOIN account_settings s ON s.account_id = a.id WHERE a.id = $1";
 const ACCOUNT_COLUMNS_LOCKED_POSTGRES: &str = "SELECT a.balance_millicredits, a.status, a.last_sequence, \
-     s.low_balance_threshold_millicredits FROM accounts a LEFT JOIN account_settings s ON s.account_id = a.id \
-     WHERE a.id = $1 FOR UPDATE OF a";
+     s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits \
+     FROM accounts a LEFT JOIN account_settings s ON s.account_id = a.id WHERE a.id = $1 FOR UPDATE OF a";
 
 /// SQLite: `BEGIN IMMEDIATE` takes the database write lock up front, so the read of the account and the writes that
 /// follow cannot interleave with another writer (no lost update, no lock upgrade deadlock).

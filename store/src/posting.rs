@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::audit::{NewAuditRecord, insert_audit};
+use crate::autoreloads::AUTORELOADS_QUEUE;
 use crate::inbox::{WEBHOOK_EVENTS_QUEUE, webhook_event};
 use crate::rows::{EntryRow, account_status, entry_columns};
 use crate::{Store, StoreError, Timestamp, on_backend};
@@ -35,6 +36,26 @@ struct LockedAccount {
     status: String,
     last_sequence: i64,
     low_balance_threshold_millicredits: Option<i64>,
+    autoreload_enabled: Option<bool>,
+    autoreload_threshold_millicredits: Option<i64>,
+}
+
+/// A locked account's state, low-balance threshold and (when autoreload is on) autoreload threshold.
+type LockedState = (Option<AccountState>, Option<i64>, Option<Millicredits>);
+
+impl LockedAccount {
+    fn read(self, account_id: &str) -> Result<LockedState, StoreError> {
+        let state = AccountState {
+            balance: Millicredits::new(self.balance_millicredits),
+            status: account_status(account_id, &self.status)?,
+            last_sequence: self.last_sequence,
+        };
+        let reload_below = self
+            .autoreload_threshold_millicredits
+            .filter(|_| self.autoreload_enabled == Some(true))
+            .map(Millicredits::new);
+        Ok((Some(state), self.low_balance_threshold_millicredits, reload_below))
+    }
 }
 
 const SELECT_ENTRY_BY_KEY: &str =
@@ -52,6 +73,10 @@ const SPENT_SINCE: &str = "SELECT CAST(COALESCE(-SUM(amount_millicredits), 0) AS
      WHERE account_id = $1 AND kind = 'usage_debit' AND created_at >= $2";
 const UPDATE_BALANCE: &str =
     "UPDATE accounts SET balance_millicredits = $2, last_sequence = $3, updated_at = $4 WHERE id = $1";
+
+/// Asks for a reload; does nothing while one is pending for the account.
+const REQUEST_AUTORELOAD: &str = "INSERT INTO autoreloads (id, account_id, trigger_entry_id, state, created_at, \
+     updated_at) VALUES ($1, $2, $3, 'pending', $4, $4) ON CONFLICT DO NOTHING";
 
 /// The queue that sends emails.
 pub const EMAILS_QUEUE: &str = "emails";
@@ -139,14 +164,9 @@ impl Store {
         on_backend!(write self, |tx, dialect| {
             let locked: Option<LockedAccount> =
                 sqlx::query_as(dialect.lock_account).bind(account_id).fetch_optional(&mut *tx).await?;
-            let threshold = locked.as_ref().and_then(|row| row.low_balance_threshold_millicredits);
-            let state = match locked {
-                Some(row) => Some(AccountState {
-                    balance: Millicredits::new(row.balance_millicredits),
-                    status: account_status(account_id, &row.status)?,
-                    last_sequence: row.last_sequence,
-                }),
-                None => None,
+            let (state, threshold, reload_below) = match locked {
+                Some(row) => row.read(account_id)?,
+                None => (None, None, None),
             };
             let mut existing: HashMap<String, Entry> = HashMap::new();
             if state.is_some() {
@@ -177,22 +197,15 @@ impl Store {
                 }
             }
             let now = Timestamp::now();
-            let GroupPlan { outcomes, created, notices } =
-                plan_group(postings, state, existing, spent, threshold, now.get());
+            let GroupPlan { outcomes, created, mut notices, reload } =
+                plan_group(postings, state, existing, spent, (threshold, reload_below), now.get());
             let Some(last) = created.last() else {
                 // Nothing to write: dropping the transaction rolls it back.
                 return Ok(outcomes);
             };
             let (last_sequence, last_balance) = (last.sequence, last.balance_after);
             for chunk in created.chunks(INSERT_ROWS_MAX) {
-                let mut insert = String::from(INSERT_ENTRIES);
-                for index in 0..chunk.len() {
-                    let base = index * ENTRY_COLUMN_COUNT;
-                    let placeholders: Vec<String> = (1..=ENTRY_COLUMN_COUNT).map(|n| format!("${}", base + n)).collect();
-                    insert.push_str(if index == 0 { "(" } else { ", (" });
-                    insert.push_str(&placeholders.join(", "));
-                    insert.push(')');
-                }
+                let insert = insert_entries_sql(chunk.len());
                 // Only placeholders are generated; every value is bound.
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
                 for entry in chunk {
@@ -221,6 +234,21 @@ impl Store {
                 .await?;
             if let Some(audit) = audit {
                 insert_audit!(tx, audit, now).await?;
+            }
+            if let Some(trigger) = reload {
+                let id = format!("ar_{}", Uuid::now_v7().simple());
+                let asked = sqlx::query(REQUEST_AUTORELOAD)
+                    .bind(id.as_str())
+                    .bind(account_id)
+                    .bind(trigger.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if asked == 1 {
+                    let job = serde_json::json!({"reloadId": id}).to_string();
+                    notices.push((AUTORELOADS_QUEUE, job, None));
+                }
             }
             let insert = "INSERT INTO outbox (queue, payload, created_at, dedupe_key) VALUES ($1, $2, $3, $4)";
             for (queue, payload, dedupe_key) in notices {
@@ -317,6 +345,21 @@ struct GroupPlan {
     outcomes: Vec<PostingOutcome>,
     created: Vec<Entry>,
     notices: Vec<(&'static str, String, Option<String>)>,
+    /// The debit that left the balance under the autoreload threshold, when one did.
+    reload: Option<String>,
+}
+
+/// `INSERT INTO ledger_entries ... VALUES (...), (...)` with placeholders for `rows` entries.
+fn insert_entries_sql(rows: usize) -> String {
+    let mut insert = String::from(INSERT_ENTRIES);
+    for index in 0..rows {
+        let base = index * ENTRY_COLUMN_COUNT;
+        let placeholders: Vec<String> = (1..=ENTRY_COLUMN_COUNT).map(|n| format!("${}", base + n)).collect();
+        insert.push_str(if index == 0 { "(" } else { ", (" });
+        insert.push_str(&placeholders.join(", "));
+        insert.push(')');
+    }
+    insert
 }
 
 /// Applies the domain's rules to each posting in order, as if each were posted alone: a later posting sees the
@@ -326,10 +369,15 @@ fn plan_group(
     mut state: Option<AccountState>,
     mut existing: HashMap<String, Entry>,
     mut spent: HashMap<OffsetDateTime, Millicredits>,
-    threshold: Option<i64>,
+    (threshold, reload_below): (Option<i64>, Option<Millicredits>),
     now: OffsetDateTime,
 ) -> GroupPlan {
-    let mut plan = GroupPlan { outcomes: Vec::with_capacity(postings.len()), created: Vec::new(), notices: Vec::new() };
+    let mut plan = GroupPlan {
+        outcomes: Vec::with_capacity(postings.len()),
+        created: Vec::new(),
+        notices: Vec::new(),
+        reload: None,
+    };
     for posting in postings {
         let previous = existing.get(&posting.idempotency_key).cloned();
         let spent_now = posting.spend_cap.and_then(|cap| spent.get(&cap.window_start).copied());
@@ -375,6 +423,14 @@ fn plan_group(
         existing.insert(entry.idempotency_key.clone(), entry.clone());
         plan.created.push(entry.clone());
         plan.outcomes.push(PostingOutcome::Created(entry));
+    }
+    // A debit that leaves the balance under the autoreload threshold asks for one reload (the store refuses a
+    // second while one is pending for the account).
+    let last_debit = plan.created.iter().rev().find(|entry| entry.amount.is_negative());
+    if let (Some(below), Some(debit), Some(account)) = (reload_below, last_debit, state)
+        && account.balance < below
+    {
+        plan.reload = Some(debit.id.clone());
     }
     plan
 }

@@ -16,6 +16,7 @@ import logging
 import secrets
 import socket
 import sys
+import urllib.parse
 
 from aiohttp import web
 
@@ -297,8 +298,10 @@ async def stripe_request_middleware(request, handler):
         response = await handler(request)
     else:
         cache_key = (request.headers.get('Authorization', ''), key)
-        fingerprint = hashlib.sha256(
-            request.path.encode() + b'?' + await request.read()).hexdigest()
+        # Stripe compares the parameters, not their order: async-stripe encodes metadata from a
+        # hash map, whose order differs between two requests with the same content.
+        params = sorted(urllib.parse.parse_qsl((await request.read()).decode(), keep_blank_values=True))
+        fingerprint = hashlib.sha256((request.path + '?' + repr(params)).encode()).hexdigest()
         cached = _idempotent.get(cache_key)
         if cached is not None:
             if cached[0] != fingerprint:

@@ -4,6 +4,7 @@
 use std::fmt::Debug;
 
 use apalis::prelude::*;
+use creditflow_jobs::autoreload::{AutoreloadDeps, RunAutoreloadV1, run_autoreload};
 use creditflow_jobs::emails::{EmailDeps, EmailJob, send_email};
 use creditflow_jobs::stripe_events::{Deps, ProcessStripeEventV1, process_stripe_event};
 use creditflow_jobs::usage_batches::{BatchDeps, PriceUsageBatchV1, price_usage_batch};
@@ -100,4 +101,13 @@ pub(crate) async fn usage_batch(
     tracker: Data<Tracker>,
 ) -> Result<(), BoxDynError> {
     Box::pin(tracker.run(&job, price_usage_batch(&job, &deps))).await
+}
+
+/// `autoreloads`.
+pub(crate) async fn autoreload(
+    job: RunAutoreloadV1,
+    deps: Data<AutoreloadDeps>,
+    tracker: Data<Tracker>,
+) -> Result<(), BoxDynError> {
+    Box::pin(tracker.run(&job, run_autoreload(&job, &deps))).await
 }

@@ -20,11 +20,12 @@ use apalis::layers::retry::{HasherRng, RetryPolicy};
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
 use apalis_sqlite::{Config as QueueConfig, SqliteStorage};
+use creditflow_jobs::autoreload::{AutoreloadDeps, RunAutoreloadV1};
 use creditflow_jobs::emails::{EmailDeps, EmailJob};
 use creditflow_jobs::stripe_events::{Deps, ProcessStripeEventV1};
 use creditflow_jobs::usage_batches::{BatchDeps, PriceUsageBatchV1};
 use creditflow_jobs::webhooks::{DeliverWebhookV1, WebhookDeps};
-use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE};
+use creditflow_store::{AUTORELOADS_QUEUE, EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 pub use creditflow_jobs::webhooks::WEBHOOKS_QUEUE;
@@ -44,6 +45,8 @@ pub struct WorkerSettings {
     pub webhook_concurrency: usize,
     /// Concurrent usage batches per worker (each already debits its accounts one transaction at a time).
     pub batch_concurrency: usize,
+    /// Concurrent autoreloads per worker.
+    pub autoreload_concurrency: usize,
     /// Attempts after the first before a transient failure gives up.
     pub retries: usize,
     /// Backoff before the first retry; it doubles (with jitter) up to `retry_delay_max`.
@@ -61,6 +64,7 @@ impl Default for WorkerSettings {
             email_concurrency: 4,
             webhook_concurrency: 8,
             batch_concurrency: 2,
+            autoreload_concurrency: 4,
             retries: 5,
             retry_delay_min: Duration::from_millis(500),
             retry_delay_max: Duration::from_secs(60),
@@ -75,6 +79,8 @@ pub struct Queues {
     backend: QueueBackend,
 }
 
+// One per process, created once and cloned rarely: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 enum QueueBackend {
     Sqlite {
@@ -83,12 +89,14 @@ enum QueueBackend {
         emails: SqliteStorage<EmailJob>,
         webhooks: SqliteStorage<DeliverWebhookV1>,
         batches: SqliteStorage<PriceUsageBatchV1>,
+        autoreloads: SqliteStorage<RunAutoreloadV1>,
     },
     Redis {
         stripe_events: RedisStorage<ProcessStripeEventV1>,
         emails: RedisStorage<EmailJob>,
         webhooks: RedisStorage<DeliverWebhookV1>,
         batches: RedisStorage<PriceUsageBatchV1>,
+        autoreloads: RedisStorage<RunAutoreloadV1>,
     },
 }
 
@@ -103,6 +111,8 @@ pub struct Handlers {
     pub webhooks: WebhookDeps,
     /// Usage batches.
     pub batches: BatchDeps,
+    /// Autoreloads.
+    pub autoreload: AutoreloadDeps,
 }
 
 /// Key prefix of creditflow's queues in Redis.
@@ -139,8 +149,9 @@ impl Queues {
             let stripe_events = RedisStorage::new(connection.clone()).with_config(config(STRIPE_EVENTS_QUEUE));
             let emails = RedisStorage::new(connection.clone()).with_config(config(EMAILS_QUEUE));
             let webhooks = RedisStorage::new(connection.clone()).with_config(config(WEBHOOKS_QUEUE));
-            let batches = RedisStorage::new(connection).with_config(config(USAGE_BATCHES_QUEUE));
-            return Ok(Self { backend: QueueBackend::Redis { stripe_events, emails, webhooks, batches } });
+            let batches = RedisStorage::new(connection.clone()).with_config(config(USAGE_BATCHES_QUEUE));
+            let autoreloads = RedisStorage::new(connection).with_config(config(AUTORELOADS_QUEUE));
+            return Ok(Self { backend: QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads } });
         }
         if !url.starts_with("sqlite:") || url.contains(":memory:") {
             return Err(QueueError::UnsupportedUrl(url.to_owned()));
@@ -153,7 +164,8 @@ impl Queues {
         let emails = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(EMAILS_QUEUE));
         let webhooks = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(WEBHOOKS_QUEUE));
         let batches = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(USAGE_BATCHES_QUEUE));
-        Ok(Self { backend: QueueBackend::Sqlite { pool, stripe_events, emails, webhooks, batches } })
+        let autoreloads = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(AUTORELOADS_QUEUE));
+        Ok(Self { backend: QueueBackend::Sqlite { pool, stripe_events, emails, webhooks, batches, autoreloads } })
     }
 
     /// apalis's own task counts of `queue` by status, from the embedded queue's table (`None` on Redis, whose apalis
@@ -177,10 +189,12 @@ impl Queues {
             (QueueBackend::Sqlite { emails, .. }, AnyJob::Email(job)) => push!(emails, job),
             (QueueBackend::Sqlite { webhooks, .. }, AnyJob::Webhook(job)) => push!(webhooks, job),
             (QueueBackend::Sqlite { batches, .. }, AnyJob::UsageBatch(job)) => push!(batches, job),
+            (QueueBackend::Sqlite { autoreloads, .. }, AnyJob::Autoreload(job)) => push!(autoreloads, job),
             (QueueBackend::Redis { stripe_events, .. }, AnyJob::StripeEvent(job)) => push!(stripe_events, job),
             (QueueBackend::Redis { emails, .. }, AnyJob::Email(job)) => push!(emails, job),
             (QueueBackend::Redis { webhooks, .. }, AnyJob::Webhook(job)) => push!(webhooks, job),
             (QueueBackend::Redis { batches, .. }, AnyJob::UsageBatch(job)) => push!(batches, job),
+            (QueueBackend::Redis { autoreloads, .. }, AnyJob::Autoreload(job)) => push!(autoreloads, job),
         }
     }
 }
@@ -192,6 +206,7 @@ pub(crate) enum AnyJob {
     Email(EmailJob),
     Webhook(DeliverWebhookV1),
     UsageBatch(PriceUsageBatchV1),
+    Autoreload(RunAutoreloadV1),
 }
 
 impl AnyJob {
@@ -203,6 +218,7 @@ impl AnyJob {
             Self::Email(job) => job.queued(),
             Self::Webhook(job) => job.queued(),
             Self::UsageBatch(job) => job.queued(),
+            Self::Autoreload(job) => job.queued(),
         }
     }
 }
@@ -242,43 +258,50 @@ pub async fn run(
             }
         }};
     }
-    let (stripe_deps, email_deps, webhook_deps, batch_deps) =
-        (handlers.stripe, handlers.email, handlers.webhooks, handlers.batches);
+    let (stripe_deps, email_deps, webhook_deps, batch_deps, autoreload_deps) =
+        (handlers.stripe, handlers.email, handlers.webhooks, handlers.batches, handlers.autoreload);
+    // One pool per queue, the same on either storage.
+    macro_rules! pools {
+        ($stripe_events:expr, $emails:expr, $webhooks:expr, $batches:expr, $autoreloads:expr) => {
+            Monitor::new()
+                .register(worker!(
+                    $stripe_events.clone(),
+                    "stripe-events",
+                    handlers::stripe_event,
+                    stripe_deps,
+                    retry.stripe_concurrency
+                ))
+                .register(worker!($emails.clone(), "emails", handlers::email, email_deps, retry.email_concurrency))
+                .register(worker!(
+                    $webhooks.clone(),
+                    "webhooks",
+                    handlers::webhook,
+                    webhook_deps,
+                    retry.webhook_concurrency
+                ))
+                .register(worker!(
+                    $batches.clone(),
+                    "usage-batches",
+                    handlers::usage_batch,
+                    batch_deps,
+                    retry.batch_concurrency
+                ))
+                .register(worker!(
+                    $autoreloads.clone(),
+                    "autoreloads",
+                    handlers::autoreload,
+                    autoreload_deps,
+                    retry.autoreload_concurrency
+                ))
+        };
+    }
     let monitor = match &queues.backend {
-        QueueBackend::Sqlite { stripe_events, emails, webhooks, batches, .. } => Monitor::new()
-            .register(worker!(
-                stripe_events.clone(),
-                "stripe-events",
-                handlers::stripe_event,
-                stripe_deps,
-                retry.stripe_concurrency
-            ))
-            .register(worker!(emails.clone(), "emails", handlers::email, email_deps, retry.email_concurrency))
-            .register(worker!(webhooks.clone(), "webhooks", handlers::webhook, webhook_deps, retry.webhook_concurrency))
-            .register(worker!(
-                batches.clone(),
-                "usage-batches",
-                handlers::usage_batch,
-                batch_deps,
-                retry.batch_concurrency
-            )),
-        QueueBackend::Redis { stripe_events, emails, webhooks, batches } => Monitor::new()
-            .register(worker!(
-                stripe_events.clone(),
-                "stripe-events",
-                handlers::stripe_event,
-                stripe_deps,
-                retry.stripe_concurrency
-            ))
-            .register(worker!(emails.clone(), "emails", handlers::email, email_deps, retry.email_concurrency))
-            .register(worker!(webhooks.clone(), "webhooks", handlers::webhook, webhook_deps, retry.webhook_concurrency))
-            .register(worker!(
-                batches.clone(),
-                "usage-batches",
-                handlers::usage_batch,
-                batch_deps,
-                retry.batch_concurrency
-            )),
+        QueueBackend::Sqlite { stripe_events, emails, webhooks, batches, autoreloads, .. } => {
+            pools!(stripe_events, emails, webhooks, batches, autoreloads)
+        }
+        QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads } => {
+            pools!(stripe_events, emails, webhooks, batches, autoreloads)
+        }
     }
     .shutdown_timeout(settings.shutdown_grace);
     let signal = async move {

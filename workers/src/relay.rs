@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use creditflow_jobs::webhooks::{WEBHOOKS_QUEUE, WebhookEndpoint, fan_out};
-use creditflow_store::{EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE, WEBHOOK_EVENTS_QUEUE};
+use creditflow_store::{
+    AUTORELOADS_QUEUE, EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE, WEBHOOK_EVENTS_QUEUE,
+};
 use tokio::sync::watch;
 
 use crate::{AnyJob, Queues};
@@ -44,6 +46,7 @@ fn jobs_for(queue: &str, payload: &str, endpoints: &[WebhookEndpoint]) -> Result
         STRIPE_EVENTS_QUEUE => vec![AnyJob::StripeEvent(decode(payload)?)],
         EMAILS_QUEUE => vec![AnyJob::Email(decode(payload)?)],
         USAGE_BATCHES_QUEUE => vec![AnyJob::UsageBatch(decode(payload)?)],
+        AUTORELOADS_QUEUE => vec![AnyJob::Autoreload(decode(payload)?)],
         // A delivery an operator retried.
         WEBHOOKS_QUEUE => vec![AnyJob::Webhook(decode(payload)?)],
         WEBHOOK_EVENTS_QUEUE => fan_out(endpoints, payload)?.into_iter().map(AnyJob::Webhook).collect(),

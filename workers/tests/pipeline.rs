@@ -9,6 +9,7 @@ use creditflow_domain::{
     AccountId, AccountSettings, EntryKind, Millicredits, Overdraft, PackCatalog, Posting, RateCard, RateVersion,
     UsageEvent,
 };
+use creditflow_jobs::autoreload::AutoreloadDeps;
 use creditflow_jobs::emails::{EmailDeps, Mailer};
 use creditflow_jobs::stripe_events::Deps;
 use creditflow_jobs::usage_batches::BatchDeps;
@@ -97,6 +98,27 @@ fn usage_debit(account: &AccountId, key: &str, millicredits: i64) -> Posting {
     }
 }
 
+/// The pools' dependencies: mail to `mail_folder`, monitoring events to `endpoints`, no Stripe.
+fn handlers(
+    store: &Store,
+    packs: PackCatalog,
+    mail_folder: &std::path::Path,
+    endpoints: Vec<WebhookEndpoint>,
+) -> Handlers {
+    let stripe = Deps { store: store.clone(), packs: Arc::new(packs), freeze_on_dispute: true };
+    Handlers {
+        stripe: stripe.clone(),
+        email: EmailDeps {
+            store: store.clone(),
+            mailer: Arc::new(Mailer::outbox(mail_folder.to_path_buf()).expect("outbox")),
+            from: "creditflow <billing@creditflow.test>".parse().expect("mailbox"),
+        },
+        webhooks: WebhookDeps::new(endpoints).expect("client"),
+        batches: BatchDeps { store: store.clone() },
+        autoreload: AutoreloadDeps { fulfilment: stripe, stripe: None },
+    }
+}
+
 /// Where the test's queue lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum QueueOn {
@@ -130,16 +152,7 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
             events: vec!["purchase.succeeded".into()],
         },
     ];
-    let handlers = Handlers {
-        stripe: Deps { store: store.clone(), packs: Arc::new(packs), freeze_on_dispute: true },
-        email: EmailDeps {
-            store: store.clone(),
-            mailer: Arc::new(Mailer::outbox(mail_folder.path().to_path_buf()).expect("outbox")),
-            from: "creditflow <billing@creditflow.test>".parse().expect("mailbox"),
-        },
-        webhooks: WebhookDeps::new(endpoints).expect("client"),
-        batches: BatchDeps { store: store.clone() },
-    };
+    let handlers = handlers(&store, packs, mail_folder.path(), endpoints);
     let settings = WorkerSettings {
         retry_delay_min: Duration::from_millis(10),
         retry_delay_max: Duration::from_millis(100),

@@ -33,12 +33,16 @@ async fn operators_see_and_repair_jobs(backend: TestBackend) {
     assert_eq!(status, 200, "{body}");
     let queues = body["queues"].as_array().expect("list");
     let names: Vec<&str> = queues.iter().filter_map(|q| q["queue"].as_str()).collect();
-    assert_eq!(names, ["stripe_events", "usage_batches", "emails", "webhooks"], "every queue, empty ones too");
+    assert_eq!(
+        names,
+        ["stripe_events", "usage_batches", "autoreloads", "emails", "webhooks"],
+        "every queue, empty too"
+    );
     assert_eq!(
         queues[0],
         json!({"queue": "stripe_events", "pending": 0, "running": 0, "retrying": 0, "dead": 1, "done": 1, "discarded": 0})
     );
-    assert_eq!((queues[2]["running"].as_i64(), queues[3]["retrying"].as_i64()), (Some(1), Some(1)));
+    assert_eq!((queues[3]["running"].as_i64(), queues[4]["retrying"].as_i64()), (Some(1), Some(1)));
 
     // Failed jobs by default: retrying and dead, newest change first.
     let (status, body) = status_and_json(app.get("/api/admin/jobs", &finance).await).await;
