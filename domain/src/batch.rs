@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{AccountId, EntryKind, Overdraft, Posting};
+use crate::ledger::{AccountId, EntryKind, Overdraft, Posting, UsageRecord};
 use crate::pricing::{PricingError, Usage};
 use crate::rate_card::RateCard;
 
@@ -91,7 +91,8 @@ impl UsageEvent {
     pub fn posting(&self, card: &RateCard, batch_ref: &str) -> Result<Option<Posting>, Rejection> {
         let account_id = self.account()?;
         let idempotency_key = self.ledger_key()?;
-        let charge = card.charge(&self.model, &self.quantities()?).map_err(|error| {
+        let units = self.quantities()?;
+        let charge = card.charge(&self.model, &units).map_err(|error| {
             let code = match error {
                 PricingError::UnknownModel { .. } => "unknown_model",
                 PricingError::UnknownUnit { .. } => "unknown_unit",
@@ -119,6 +120,7 @@ impl UsageEvent {
             reason: None,
             overdraft: Overdraft::Allow,
             spend_cap: None,
+            usage: Some(UsageRecord { model: self.model.clone(), units }),
         }))
     }
 }

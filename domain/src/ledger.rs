@@ -167,6 +167,18 @@ pub struct Posting {
     pub overdraft: Overdraft,
     /// A limit on usage debited per UTC day; only usage debits carry one.
     pub spend_cap: Option<SpendCap>,
+    /// What a usage debit paid for (model and quantities), kept for usage reports; descriptive only, not part of
+    /// what makes two postings the same.
+    pub usage: Option<UsageRecord>,
+}
+
+/// The model and quantities a usage debit priced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// The model, as on the rate card.
+    pub model: String,
+    /// Quantities per unit kind.
+    pub units: crate::pricing::Usage,
 }
 
 /// A ceiling on the usage an account may be debited in one window (a UTC day).
@@ -269,6 +281,8 @@ pub struct Entry {
     pub source_ref: Option<String>,
     /// Adjustment reason, if any.
     pub reason: Option<String>,
+    /// The model and quantities of a usage debit.
+    pub usage: Option<UsageRecord>,
     /// When it was written.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,

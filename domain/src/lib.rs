@@ -18,7 +18,7 @@ pub mod signature;
 pub use batch::{BATCH_EVENTS_MAX, Rejection, UsageEvent};
 pub use ledger::{
     AccountId, AccountState, AccountStatus, Decision, Entry, EntryKind, Overdraft, Posting, PostingInvalid,
-    PostingOutcome, SpendCap, decide,
+    PostingOutcome, SpendCap, UsageRecord, decide,
 };
 pub use money::{Millicredits, Overflow};
 pub use packs::{CreditPack, PackCatalog, PackCatalogError};

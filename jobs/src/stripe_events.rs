@@ -186,6 +186,7 @@ async fn refund(charge: &Value, previous: &Value, deps: &Deps) -> Result<Process
         // The money went back already: the credits go too, even if they were spent.
         overdraft: Overdraft::Allow,
         spend_cap: None,
+        usage: None,
     };
     let entry = match deps.store.post(&posting).await? {
         PostingOutcome::Created(entry) | PostingOutcome::Exists(entry) => entry,
@@ -315,6 +316,7 @@ async fn fulfil(payment: &Payment<'_>, deps: &Deps) -> Result<Processed, JobErro
         reason: None,
         overdraft: Overdraft::Forbid,
         spend_cap: None,
+        usage: None,
     };
     let (entry, fresh) = match deps.store.post(&posting).await? {
         PostingOutcome::Created(entry) => (entry, true),

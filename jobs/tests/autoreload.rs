@@ -72,6 +72,7 @@ async fn post(deps: &AutoreloadDeps, id: &AccountId, key: &str, kind: EntryKind,
         reason: (kind == EntryKind::Adjustment).then(|| "test".to_owned()),
         overdraft: Overdraft::Allow,
         spend_cap: None,
+        usage: None,
     };
     let outcome = deps.fulfilment.store.post(&posting).await.expect("posted");
     assert!(matches!(outcome, PostingOutcome::Created(_)), "{outcome:?}");

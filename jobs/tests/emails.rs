@@ -20,6 +20,7 @@ fn debit(account: &AccountId, key: &str, amount: i64) -> Posting {
         reason: None,
         overdraft: Overdraft::Forbid,
         spend_cap: None,
+        usage: None,
     }
 }
 

@@ -160,6 +160,7 @@ async fn refunds_take_back_the_refunded_share_once_and_disputes_freeze() {
         reason: Some("usage stand-in".into()),
         overdraft: creditflow_domain::Overdraft::Forbid,
         spend_cap: None,
+        usage: None,
     };
     deps.store.post(&spend).await.expect("spent");
     // A partial refund of $2.50 takes back half the credits; a redelivery changes nothing.

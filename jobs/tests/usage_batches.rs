@@ -66,6 +66,7 @@ async fn a_batch_debits_each_good_event_once(backend: TestBackend) {
         reason: None,
         overdraft: creditflow_domain::Overdraft::Forbid,
         spend_cap: None,
+        usage: None,
     };
     assert!(matches!(deps.store.post(&credit).await.expect("seed"), PostingOutcome::Created(_)));
     let events = vec![

@@ -62,8 +62,8 @@ const SELECT_ENTRY_BY_KEY: &str =
     concat!("SELECT ", entry_columns!(), " FROM ledger_entries WHERE account_id = $1 AND idempotency_key = $2");
 const INSERT_ENTRIES: &str = concat!("INSERT INTO ledger_entries (", entry_columns!(), ") VALUES ");
 /// Columns bound per inserted entry.
-const ENTRY_COLUMN_COUNT: usize = 12;
-/// Entries per INSERT statement (12 parameters each, far under either backend's parameter limit).
+const ENTRY_COLUMN_COUNT: usize = 14;
+/// Entries per INSERT statement (14 parameters each, far under either backend's parameter limit).
 const INSERT_ROWS_MAX: usize = 500;
 /// Postings per transaction of [`Store::post_many`]: the account stays locked for one group at a time.
 const GROUP_SIZE_MAX: usize = 5_000;
@@ -73,6 +73,27 @@ const SPENT_SINCE: &str = "SELECT CAST(COALESCE(-SUM(amount_millicredits), 0) AS
      WHERE account_id = $1 AND kind = 'usage_debit' AND created_at >= $2";
 const UPDATE_BALANCE: &str =
     "UPDATE accounts SET balance_millicredits = $2, last_sequence = $3, updated_at = $4 WHERE id = $1";
+
+/// Binds the columns of `entry` to a multi-row INSERT built by [`insert_entries_sql`].
+macro_rules! bind_entry {
+    ($query:expr, $entry:expr, $account_id:expr, $now:expr) => {
+        $query
+            .bind($entry.id.as_str())
+            .bind($account_id)
+            .bind($entry.sequence)
+            .bind($entry.kind.as_str())
+            .bind($entry.amount.get())
+            .bind($entry.balance_after.get())
+            .bind($entry.idempotency_key.as_str())
+            .bind($entry.correlation_id.as_deref())
+            .bind($entry.rate_version.as_ref().map(RateVersion::as_str))
+            .bind($entry.source_ref.as_deref())
+            .bind($entry.reason.as_deref())
+            .bind($entry.usage.as_ref().map(|usage| usage.model.as_str()))
+            .bind($entry.usage.as_ref().map(|usage| serde_json::to_string(&usage.units).unwrap_or_default()))
+            .bind($now)
+    };
+}
 
 /// Asks for a reload; does nothing while one is pending for the account.
 const REQUEST_AUTORELOAD: &str = "INSERT INTO autoreloads (id, account_id, trigger_entry_id, state, created_at, \
@@ -209,19 +230,7 @@ impl Store {
                 // Only placeholders are generated; every value is bound.
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
                 for entry in chunk {
-                    query = query
-                        .bind(entry.id.as_str())
-                        .bind(account_id)
-                        .bind(entry.sequence)
-                        .bind(entry.kind.as_str())
-                        .bind(entry.amount.get())
-                        .bind(entry.balance_after.get())
-                        .bind(entry.idempotency_key.as_str())
-                        .bind(entry.correlation_id.as_deref())
-                        .bind(entry.rate_version.as_ref().map(RateVersion::as_str))
-                        .bind(entry.source_ref.as_deref())
-                        .bind(entry.reason.as_deref())
-                        .bind(now);
+                    query = bind_entry!(query, entry, account_id, now);
                 }
                 query.execute(&mut *tx).await?;
             }
@@ -401,6 +410,7 @@ fn plan_group(
             rate_version: posting.rate_version.clone(),
             source_ref: posting.source_ref.clone(),
             reason: posting.reason.clone(),
+            usage: posting.usage.clone(),
             created_at: now,
         };
         let balance_before = state.map_or(Millicredits::ZERO, |account| account.balance);

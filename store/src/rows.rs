@@ -18,6 +18,8 @@ pub(crate) struct EntryRow {
     rate_version: Option<String>,
     source_ref: Option<String>,
     reason: Option<String>,
+    model: Option<String>,
+    units: Option<String>,
     created_at: Timestamp,
 }
 
@@ -25,7 +27,7 @@ pub(crate) struct EntryRow {
 macro_rules! entry_columns {
     () => {
         "id, account_id, sequence, kind, amount_millicredits, balance_after_millicredits, idempotency_key, \
-         correlation_id, rate_version, source_ref, reason, created_at"
+         correlation_id, rate_version, source_ref, reason, model, units, created_at"
     };
 }
 pub(crate) use entry_columns;
@@ -41,7 +43,15 @@ impl TryFrom<EntryRow> for Entry {
             Some(version) => Some(RateVersion::new(version).map_err(|_| corrupt("bad rate version"))?),
             None => None,
         };
+        let usage = match (row.model.clone(), row.units.as_deref()) {
+            (Some(model), Some(units)) => {
+                let units = serde_json::from_str(units).map_err(|_| corrupt("unreadable units"))?;
+                Some(creditflow_domain::UsageRecord { model, units })
+            }
+            _ => None,
+        };
         Ok(Entry {
+            usage,
             id: row.id,
             account_id,
             sequence: row.sequence,

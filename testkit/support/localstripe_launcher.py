@@ -10,14 +10,18 @@ its webhook events reuse) and a few handlers before starting its aiohttp server.
 starts from an empty store and never writes the pickle localstripe keeps in /tmp.
 """
 
+import asyncio
 import contextvars
 import hashlib
+import hmac
+import json
 import logging
 import secrets
 import socket
 import sys
 import urllib.parse
 
+import aiohttp
 from aiohttp import web
 
 from localstripe import resources as R
@@ -336,6 +340,41 @@ def _idempotency_error(status, message):
     return web.json_response(
         {'error': {'type': 'idempotency_error', 'message': message}}, status=status)
 
+
+# --------------------------------------------------------------------------------------
+# Webhook delivery: localstripe posts an event to its endpoints one after another with
+# aiohttp's default five-minute timeout, so one endpoint that accepts and never answers (a
+# test server shutting down) holds up every endpoint after it. Deliver to all endpoints at
+# once, each with a short timeout, as Stripe's independent deliveries behave.
+WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+async def _deliver(webhook, event, payload, signed_payload, logger):
+    signature = hmac.new(webhook.secret.encode('utf-8'), signed_payload,
+                         hashlib.sha256).hexdigest()
+    headers = {'Content-Type': 'application/json; charset=utf-8',
+               'Stripe-Signature': 't=%d,v1=%s' % (event.created, signature)}
+    try:
+        async with aiohttp.ClientSession(timeout=WEBHOOK_TIMEOUT) as session:
+            async with session.post(webhook.url, data=payload, headers=headers) as r:
+                outcome = ('successfully delivered' if 200 <= r.status < 300
+                           else 'failed with response code %d' % r.status)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        outcome = 'failed: %s' % (e or 'timed out')
+    logger.info('webhook "%s" to %s %s' % (event.type, webhook.url, outcome))
+
+
+async def _send_webhook_concurrently(event):
+    payload = json.dumps(event._export(), indent=2, sort_keys=True).encode('utf-8')
+    signed_payload = b'%d.%s' % (event.created, payload)
+    await asyncio.sleep(1)
+    logger = logging.getLogger('aiohttp.access')
+    targets = [w for w in webhooks._webhooks.values()
+               if w.events is None or event.type in w.events]
+    await asyncio.gather(*(_deliver(w, event, payload, signed_payload, logger) for w in targets))
+
+
+webhooks._send_webhook = _send_webhook_concurrently
 
 # Outermost, so it sees the responses localstripe's error middleware makes from UserError.
 server.app.middlewares.insert(0, stripe_request_middleware)

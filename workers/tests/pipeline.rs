@@ -95,6 +95,7 @@ fn usage_debit(account: &AccountId, key: &str, millicredits: i64) -> Posting {
         reason: None,
         overdraft: Overdraft::Forbid,
         spend_cap: None,
+        usage: None,
     }
 }
 

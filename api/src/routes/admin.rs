@@ -253,6 +253,7 @@ impl AdminApi {
             reason: Some(request.reason.trim().to_owned()),
             overdraft: if request.allow_negative_balance { Overdraft::Allow } else { Overdraft::Forbid },
             spend_cap: None,
+            usage: None,
         };
         posting.validate().map_err(|invalid| ApiError::invalid(invalid.to_string()))?;
         state.store.create_account(&id).await?;

@@ -58,6 +58,10 @@ pub(crate) struct LedgerLine {
     source_ref: Option<String>,
     /// Why an operator adjusted.
     reason: Option<String>,
+    /// The model a usage debit priced.
+    model: Option<String>,
+    /// The quantities per unit kind a usage debit priced.
+    units: Option<std::collections::BTreeMap<String, u64>>,
     /// When it was written (RFC 3339, UTC).
     created_at: String,
 }
@@ -72,6 +76,8 @@ impl From<Entry> for LedgerLine {
             amount_credits: credits(entry.amount),
             balance_after_millicredits: entry.balance_after.get(),
             balance_after_credits: credits(entry.balance_after),
+            model: entry.usage.as_ref().map(|usage| usage.model.clone()),
+            units: entry.usage.map(|usage| usage.units),
             correlation_id: entry.correlation_id,
             rate_version: entry.rate_version.map(|version| version.to_string()),
             source_ref: entry.source_ref,

@@ -108,7 +108,7 @@ impl UsageApi {
             let body = reconciled(&account_id, &request, Some(first.id), amount, first.balance_after, version);
             return Ok(ReconcileResponse::Ok(Json(body), "true".to_owned()));
         }
-        let charge = price(&active.card, &request)?;
+        let (charge, units) = price(&active.card, &request)?;
         store.create_account(&account_id).await?;
         let spend_cap = store
             .settings(&account_id)
@@ -134,6 +134,7 @@ impl UsageApi {
             reason: None,
             overdraft: Overdraft::Forbid,
             spend_cap,
+            usage: Some(creditflow_domain::UsageRecord { model: request.model.clone(), units }),
         };
         posting.validate().map_err(|invalid| ApiError::invalid(invalid.to_string()))?;
         let outcome = store.post(&posting).await.inspect_err(|_| {
@@ -206,7 +207,11 @@ fn reconciled(
     }
 }
 
-fn price(card: &RateCard, request: &ReconcileRequest) -> Result<creditflow_domain::Charge, ApiError> {
+/// The charge for the request, and its quantities.
+fn price(
+    card: &RateCard,
+    request: &ReconcileRequest,
+) -> Result<(creditflow_domain::Charge, creditflow_domain::Usage), ApiError> {
     let mut usage = creditflow_domain::Usage::new();
     for (unit, quantity) in &request.usage {
         let quantity = u64::try_from(*quantity).map_err(|_| {
@@ -214,14 +219,15 @@ fn price(card: &RateCard, request: &ReconcileRequest) -> Result<creditflow_domai
         })?;
         usage.insert(unit.clone(), quantity);
     }
-    card.charge(&request.model, &usage).map_err(|error| {
+    let charge = card.charge(&request.model, &usage).map_err(|error| {
         let code = match error {
             PricingError::UnknownModel { .. } => "unknown_model",
             PricingError::UnknownUnit { .. } => "unknown_unit",
             PricingError::EmptyUsage | PricingError::Overflow => "invalid_request",
         };
         ApiError::Unprocessable(Json(ErrorBody::new(code, error.to_string())))
-    })
+    })?;
+    Ok((charge, usage))
 }
 
 /// `usage:` and the SHA-256 of what makes two reconcile bodies the same request.

@@ -263,6 +263,7 @@ impl TestApp {
             reason: None,
             overdraft: Overdraft::Forbid,
             spend_cap: None,
+            usage: None,
         };
         assert!(matches!(self.store.post(&posting).await.expect("fund"), PostingOutcome::Created(_)));
     }

@@ -88,6 +88,7 @@ async fn callers_cannot_take_the_keys_creditflow_uses_for_payments() {
         reason: None,
         overdraft: creditflow_domain::Overdraft::Forbid,
         spend_cap: None,
+        usage: None,
     };
     let outcome = app.store.post(&credit).await.expect("posted");
     assert!(matches!(outcome, creditflow_domain::PostingOutcome::Created(_)), "{outcome:?}");

@@ -18,6 +18,7 @@ fn posting(kind: EntryKind, amount: i64) -> Posting {
         reason: (kind == EntryKind::Adjustment).then(|| "goodwill".to_owned()),
         overdraft: Overdraft::Forbid,
         spend_cap: None,
+        usage: None,
     }
 }
 
@@ -28,6 +29,7 @@ fn state(balance: i64, status: AccountStatus) -> Option<AccountState> {
 
 fn entry_for(posting: &Posting) -> Entry {
     Entry {
+        usage: posting.usage.clone(),
         id: "ent_1".into(),
         account_id: posting.account_id.clone(),
         sequence: 1,

@@ -71,6 +71,7 @@ fn posting(id: &AccountId, kind: EntryKind, key: &str, amount: i64) -> Posting {
         reason: (kind == EntryKind::Adjustment).then(|| "test adjustment".to_owned()),
         overdraft: Overdraft::Forbid,
         spend_cap: None,
+        usage: None,
     }
 }
 

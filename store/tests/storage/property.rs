@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use creditflow_domain::{AccountId, AccountStatus, EntryKind, Millicredits, Overdraft, Posting, PostingOutcome};
-use creditflow_domain::{RateVersion, SpendCap};
+use creditflow_domain::{RateVersion, SpendCap, UsageRecord};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use time::OffsetDateTime;
@@ -147,6 +147,7 @@ fn observed(outcome: &PostingOutcome) -> Expected {
 }
 
 /// What one account's task does in a round.
+#[allow(clippy::large_enum_variant)] // a few hundred per case
 #[derive(Clone, Debug)]
 enum Step {
     Post(Posting),
@@ -178,6 +179,10 @@ fn posting_for(ids: &[AccountId], op: &Op) -> Option<Posting> {
         overdraft: if *overdraft { Overdraft::Allow } else { Overdraft::Forbid },
         spend_cap: cap
             .map(|limit| SpendCap { limit: Millicredits::new(limit), window_start: OffsetDateTime::UNIX_EPOCH }),
+        usage: (*kind == EntryKind::UsageDebit).then(|| UsageRecord {
+            model: format!("model-{correlation}"),
+            units: [("tokens".to_owned(), magnitude.unsigned_abs())].into(),
+        }),
     })
 }
 
@@ -264,19 +269,30 @@ async fn run_case(db: &Db, case: usize, rounds: Vec<Vec<Op>>, grouped: bool) -> 
             }
         }
     }
-    for (id, model) in ids.iter().zip(&models) {
+    check_accounts(db, &ids, &models).await?;
+    Ok(postings_applied)
+}
+
+/// Each account's balance, sum of entries, entries and usage records agree with its model.
+async fn check_accounts(db: &Db, ids: &[AccountId], models: &[ModelAccount]) -> Result<(), TestCaseError> {
+    for (id, model) in ids.iter().zip(models) {
         let account = db.store.account(id).await.expect("read").expect("exists");
         prop_assert_eq!(account.balance.get(), model.balance, "balance of {}", id);
         let totals = db.store.ledger_totals(Some(id)).await.expect("totals");
         prop_assert_eq!(totals.entries, account.balance, "sum of entries of {}", id);
         let entries = db.store.entries(id, 0, i64::MAX).await.expect("entries");
+        for entry in &entries {
+            let recorded = entry.usage.as_ref().map(|usage| (usage.model.as_str(), usage.units.get("tokens").copied()));
+            let expected = (entry.kind == EntryKind::UsageDebit).then(|| entry.amount.get().unsigned_abs());
+            prop_assert_eq!(recorded.map(|(_, units)| units), expected.map(Some), "usage of {}", entry.id);
+        }
         let stored: Vec<(String, i64, i64)> = entries
             .iter()
             .map(|entry| (entry.idempotency_key.clone(), entry.amount.get(), entry.balance_after.get()))
             .collect();
         prop_assert_eq!(&stored, &model.entries, "entries of {}", id);
     }
-    Ok(postings_applied)
+    Ok(())
 }
 
 /// Runs 40 random cases (several thousand postings, one `post` each) and checks each against the model.
