@@ -23,6 +23,8 @@ pub(crate) const USAGE_BATCHES_ACCEPTED: &str = "billing_usage_batches_accepted_
 pub(crate) const LEDGER_WRITE_FAILURES: &str = "billing_ledger_write_failures_total";
 /// Jobs by `queue` and `state`, read from the job records at each scrape (the same on every queue backend).
 pub(crate) const JOBS: &str = "billing_jobs";
+/// Spend anomalies the hourly check flagged in the last 24 hours (read from the database at each scrape).
+pub(crate) const ANOMALIES: &str = "billing_anomalies_last_24h";
 /// Request durations, by `method`, `route` and `status`.
 pub(crate) const REQUEST_DURATION: &str = "http_server_request_duration_seconds";
 
@@ -45,6 +47,7 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
                 metrics::describe_counter!(USAGE_BATCHES_ACCEPTED, "Usage batches accepted by POST /api/usage/batches");
                 metrics::describe_counter!(RECONCILE_INSUFFICIENT_FUNDS, "Reconcile requests refused for funds (402)");
                 metrics::describe_counter!(LEDGER_WRITE_FAILURES, "Ledger postings that failed with a storage error");
+                metrics::describe_gauge!(ANOMALIES, "Accounts flagged by the anomaly check in the last 24 hours");
                 metrics::describe_gauge!(JOBS, "Jobs by queue and state (pending, running, retrying, dead, ...)");
                 metrics::describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "HTTP request durations");
                 handle
@@ -75,6 +78,12 @@ pub(crate) async fn render(state: poem::web::Data<&crate::AppState>) -> Response
         }
     } else {
         tracing::warn!("cannot read job counts for /metrics");
+    }
+    let day_ago = time::OffsetDateTime::now_utc() - time::Duration::DAY;
+    match state.store.anomalies_since(day_ago).await {
+        #[allow(clippy::cast_precision_loss)] // far below 2^52
+        Ok(count) => metrics::gauge!(ANOMALIES).set(count as f64),
+        Err(error) => tracing::warn!(%error, "cannot read anomalies for /metrics"),
     }
     (StatusCode::OK, handle().render()).with_content_type("text/plain; version=0.0.4; charset=utf-8").into_response()
 }

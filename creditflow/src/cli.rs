@@ -92,7 +92,7 @@ pub(crate) enum JobsCommand {
     Queues,
     /// Jobs in some states, most recently changed first, with attempts and last error.
     List {
-        /// Only this queue: stripe_events, usage_batches, autoreloads, emails or webhooks.
+        /// Only this queue: stripe_events, usage_batches, autoreloads, emails, webhooks or scheduled.
         #[arg(long)]
         queue: Option<String>,
         /// Comma-separated states: pending, running, retrying, dead, done, discarded.

@@ -58,6 +58,8 @@ pub(crate) struct Config {
     pub(crate) log_filter: String,
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     pub(crate) shutdown_grace_seconds: u64,
+    /// The hourly anomaly check flags no account whose last 24 hours of spend are under this (millicredits).
+    pub(crate) anomaly_floor_millicredits: i64,
     /// Requests per minute per token subject; shared through Redis when `redis_url` is set.
     pub(crate) rate_limit_per_minute: u32,
     /// Origins (`https://app.example.com`) allowed to call the API from a browser.
@@ -134,6 +136,7 @@ impl Default for Config {
             log_format: LogFormat::Pretty,
             log_filter: "info".to_owned(),
             shutdown_grace_seconds: 30,
+            anomaly_floor_millicredits: 1_000_000,
             rate_limit_per_minute: 100,
             cors_allowed_origins: Vec::new(),
             dev_key_file: PathBuf::from("creditflow-dev-key.pem"),
@@ -307,6 +310,9 @@ fn validate(config: Config) -> Result<Loaded, ConfigError> {
                 format!("`{origin}` is not an origin like https://app.example.com"),
             ));
         }
+    }
+    if config.anomaly_floor_millicredits < 0 {
+        return Err(invalid("anomaly_floor_millicredits", "must be 0 or more"));
     }
     if config.shutdown_grace_seconds > 3_600 {
         return Err(invalid("shutdown_grace_seconds", "must be at most 3600"));

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use creditflow_api::{AppState, Authenticator, CorsAllowlist, DevKey, RateLimiter, StripeWebhookSettings, app};
 use creditflow_jobs::autoreload::AutoreloadDeps;
 use creditflow_jobs::emails::{EmailDeps, Mailer};
+use creditflow_jobs::scheduled::{AnomalyRule, ScheduledDeps};
 use creditflow_jobs::stripe_events::Deps;
 use creditflow_jobs::usage_batches::BatchDeps;
 use creditflow_jobs::webhooks::WebhookDeps;
@@ -173,6 +174,13 @@ fn job_deps(store: &Store, loaded: &Loaded) -> anyhow::Result<Handlers> {
             .map_err(|message| anyhow::anyhow!("webhooks: {message}"))?,
         batches: BatchDeps { store: store.clone() },
         autoreload: AutoreloadDeps { fulfilment: stripe_deps, stripe: payments(loaded)? },
+        scheduled: ScheduledDeps {
+            store: store.clone(),
+            anomaly: AnomalyRule {
+                floor: creditflow_domain::Millicredits::new(loaded.config.anomaly_floor_millicredits),
+                ..AnomalyRule::default()
+            },
+        },
     })
 }
 

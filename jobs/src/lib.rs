@@ -9,6 +9,7 @@
 
 pub mod autoreload;
 pub mod emails;
+pub mod scheduled;
 pub mod stripe_events;
 pub mod usage_batches;
 pub mod webhooks;
@@ -64,6 +65,13 @@ impl Job for autoreload::RunAutoreloadV1 {
     const QUEUE: &'static str = creditflow_store::AUTORELOADS_QUEUE;
     fn job_id(&self) -> String {
         format!("{}:{}", Self::QUEUE, self.reload_id)
+    }
+}
+
+impl Job for scheduled::ScheduledJob {
+    const QUEUE: &'static str = creditflow_store::SCHEDULED_QUEUE;
+    fn job_id(&self) -> String {
+        format!("{}:{}", Self::QUEUE, self.dedupe_key())
     }
 }
 

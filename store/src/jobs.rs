@@ -15,9 +15,12 @@ use crate::{
 /// The queue delivering events to monitoring endpoints (one job per event and endpoint).
 pub const WEBHOOKS_QUEUE: &str = "webhooks";
 
+/// The queue of hourly jobs (rollup, anomaly check).
+pub const SCHEDULED_QUEUE: &str = "scheduled";
+
 /// Every queue, in the order operators read them.
-pub const JOB_QUEUES: [&str; 5] =
-    [STRIPE_EVENTS_QUEUE, USAGE_BATCHES_QUEUE, AUTORELOADS_QUEUE, EMAILS_QUEUE, WEBHOOKS_QUEUE];
+pub const JOB_QUEUES: [&str; 6] =
+    [STRIPE_EVENTS_QUEUE, USAGE_BATCHES_QUEUE, AUTORELOADS_QUEUE, EMAILS_QUEUE, WEBHOOKS_QUEUE, SCHEDULED_QUEUE];
 
 /// Where a job stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -7,6 +7,7 @@
 //! `creditflow_domain::ledger` and are the same for both.
 
 mod accounts;
+mod activity;
 mod audit;
 mod autoreloads;
 mod batches;
@@ -24,13 +25,16 @@ mod timestamp;
 use sqlx::{Pool, Postgres, Sqlite};
 
 pub use accounts::Account;
+pub use activity::{FailureCounts, KindTotal, ModelUsage};
 pub use audit::{AuditRecord, NewAuditRecord};
 pub use autoreloads::{AUTORELOADS_QUEUE, AutoreloadOutcome, AutoreloadRecord, AutoreloadState};
 pub use batches::{BatchResult, BatchStatus, BatchSubmitted, USAGE_BATCHES_QUEUE, UsageBatch};
 pub use connect::redact_url;
 pub use error::StoreError;
 pub use inbox::{OutboxMessage, Received, ReceivedEvent, STRIPE_EVENTS_QUEUE, WEBHOOK_EVENTS_QUEUE};
-pub use jobs::{Attempt, AttemptEnd, JOB_QUEUES, JobActionRefused, JobRecord, JobState, QueuedJob, WEBHOOKS_QUEUE};
+pub use jobs::{
+    Attempt, AttemptEnd, JOB_QUEUES, JobActionRefused, JobRecord, JobState, QueuedJob, SCHEDULED_QUEUE, WEBHOOKS_QUEUE,
+};
 pub use posting::{EMAILS_QUEUE, LedgerTotals};
 pub use purchases::{Purchase, PurchaseStatus};
 pub use rate_cards::{RateCardAdded, RateCardSummary, Rollout, StoredRateCard};
@@ -90,6 +94,8 @@ struct Dialect {
     lock_account: &'static str,
     /// An account's entries whose idempotency key is in `$2`, a JSON array of strings.
     entries_by_keys: &'static str,
+    /// Quantities per model and unit kind of the usage debits created in `[$1, $2)`.
+    units_by_model: &'static str,
     /// Jobs of queue `$1` (all queues when null) whose state is in `$2` (a JSON array), newest change first, `$3` at
     /// most.
     jobs_in_states: &'static str,
@@ -114,6 +120,9 @@ const SQLITE: Dialect = Dialect {
         rows::entry_columns!(),
         " FROM ledger_entries WHERE account_id = $1 AND idempotency_key IN (SELECT value FROM json_each($2))"
     ),
+    units_by_model: "SELECT COALESCE(e.model, 'unknown'), u.key, CAST(SUM(u.value) AS BIGINT) \
+         FROM ledger_entries e, json_each(e.units) u \
+         WHERE e.kind = 'usage_debit' AND e.created_at >= $1 AND e.created_at < $2 GROUP BY 1, 2 ORDER BY 1, 2",
     jobs_in_states: "SELECT id, queue, payload, state, attempts, last_error, created_at, updated_at FROM jobs \
          WHERE ($1 IS NULL OR queue = $1) AND state IN (SELECT value FROM json_each($2)) \
          ORDER BY updated_at DESC, id LIMIT $3",
@@ -130,6 +139,9 @@ const POSTGRES: Dialect = Dialect {
         rows::entry_columns!(),
         " FROM ledger_entries WHERE account_id = $1 AND idempotency_key = ANY (SELECT jsonb_array_elements_text($2::jsonb))"
     ),
+    units_by_model: "SELECT COALESCE(e.model, 'unknown'), u.key, CAST(SUM(u.value::bigint) AS BIGINT) \
+         FROM ledger_entries e, jsonb_each_text(e.units::jsonb) u \
+         WHERE e.kind = 'usage_debit' AND e.created_at >= $1 AND e.created_at < $2 GROUP BY 1, 2 ORDER BY 1, 2",
     jobs_in_states: "SELECT id, queue, payload, state, attempts, last_error, created_at, updated_at FROM jobs \
          WHERE ($1::text IS NULL OR queue = $1) AND state = ANY (SELECT jsonb_array_elements_text($2::jsonb)) \
          ORDER BY updated_at DESC, id LIMIT $3",

@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use apalis::prelude::*;
 use creditflow_jobs::autoreload::{AutoreloadDeps, RunAutoreloadV1, run_autoreload};
 use creditflow_jobs::emails::{EmailDeps, EmailJob, send_email};
+use creditflow_jobs::scheduled::{ScheduledDeps, ScheduledJob, run_scheduled};
 use creditflow_jobs::stripe_events::{Deps, ProcessStripeEventV1, process_stripe_event};
 use creditflow_jobs::usage_batches::{BatchDeps, PriceUsageBatchV1, price_usage_batch};
 use creditflow_jobs::webhooks::{DeliverWebhookV1, WebhookDeps, deliver};
@@ -110,4 +111,13 @@ pub(crate) async fn autoreload(
     tracker: Data<Tracker>,
 ) -> Result<(), BoxDynError> {
     Box::pin(tracker.run(&job, run_autoreload(&job, &deps))).await
+}
+
+/// `scheduled`.
+pub(crate) async fn scheduled(
+    job: ScheduledJob,
+    deps: Data<ScheduledDeps>,
+    tracker: Data<Tracker>,
+) -> Result<(), BoxDynError> {
+    Box::pin(tracker.run(&job, run_scheduled(&job, &deps))).await
 }

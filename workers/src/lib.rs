@@ -11,6 +11,7 @@
 
 mod handlers;
 mod relay;
+mod scheduler;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,14 +23,18 @@ use apalis_redis::RedisStorage;
 use apalis_sqlite::{Config as QueueConfig, SqliteStorage};
 use creditflow_jobs::autoreload::{AutoreloadDeps, RunAutoreloadV1};
 use creditflow_jobs::emails::{EmailDeps, EmailJob};
+use creditflow_jobs::scheduled::{ScheduledDeps, ScheduledJob};
 use creditflow_jobs::stripe_events::{Deps, ProcessStripeEventV1};
 use creditflow_jobs::usage_batches::{BatchDeps, PriceUsageBatchV1};
 use creditflow_jobs::webhooks::{DeliverWebhookV1, WebhookDeps};
-use creditflow_store::{AUTORELOADS_QUEUE, EMAILS_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE};
+use creditflow_store::{
+    AUTORELOADS_QUEUE, EMAILS_QUEUE, SCHEDULED_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE,
+};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 pub use creditflow_jobs::webhooks::WEBHOOKS_QUEUE;
 pub use relay::relay_once;
+pub use scheduler::schedule_once;
 
 /// How long an idle worker waits before looking for new jobs again.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -47,6 +52,8 @@ pub struct WorkerSettings {
     pub batch_concurrency: usize,
     /// Concurrent autoreloads per worker.
     pub autoreload_concurrency: usize,
+    /// How often the scheduler looks for hourly jobs to record.
+    pub schedule_interval: Duration,
     /// Attempts after the first before a transient failure gives up.
     pub retries: usize,
     /// Backoff before the first retry; it doubles (with jitter) up to `retry_delay_max`.
@@ -65,6 +72,7 @@ impl Default for WorkerSettings {
             webhook_concurrency: 8,
             batch_concurrency: 2,
             autoreload_concurrency: 4,
+            schedule_interval: Duration::from_secs(30),
             retries: 5,
             retry_delay_min: Duration::from_millis(500),
             retry_delay_max: Duration::from_secs(60),
@@ -90,6 +98,7 @@ enum QueueBackend {
         webhooks: SqliteStorage<DeliverWebhookV1>,
         batches: SqliteStorage<PriceUsageBatchV1>,
         autoreloads: SqliteStorage<RunAutoreloadV1>,
+        scheduled: SqliteStorage<ScheduledJob>,
     },
     Redis {
         stripe_events: RedisStorage<ProcessStripeEventV1>,
@@ -97,6 +106,7 @@ enum QueueBackend {
         webhooks: RedisStorage<DeliverWebhookV1>,
         batches: RedisStorage<PriceUsageBatchV1>,
         autoreloads: RedisStorage<RunAutoreloadV1>,
+        scheduled: RedisStorage<ScheduledJob>,
     },
 }
 
@@ -113,6 +123,8 @@ pub struct Handlers {
     pub batches: BatchDeps,
     /// Autoreloads.
     pub autoreload: AutoreloadDeps,
+    /// Hourly jobs.
+    pub scheduled: ScheduledDeps,
 }
 
 /// Key prefix of creditflow's queues in Redis.
@@ -150,8 +162,10 @@ impl Queues {
             let emails = RedisStorage::new(connection.clone()).with_config(config(EMAILS_QUEUE));
             let webhooks = RedisStorage::new(connection.clone()).with_config(config(WEBHOOKS_QUEUE));
             let batches = RedisStorage::new(connection.clone()).with_config(config(USAGE_BATCHES_QUEUE));
-            let autoreloads = RedisStorage::new(connection).with_config(config(AUTORELOADS_QUEUE));
-            return Ok(Self { backend: QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads } });
+            let autoreloads = RedisStorage::new(connection.clone()).with_config(config(AUTORELOADS_QUEUE));
+            let scheduled = RedisStorage::new(connection).with_config(config(SCHEDULED_QUEUE));
+            let backend = QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads, scheduled };
+            return Ok(Self { backend });
         }
         if !url.starts_with("sqlite:") || url.contains(":memory:") {
             return Err(QueueError::UnsupportedUrl(url.to_owned()));
@@ -165,7 +179,9 @@ impl Queues {
         let webhooks = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(WEBHOOKS_QUEUE));
         let batches = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(USAGE_BATCHES_QUEUE));
         let autoreloads = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(AUTORELOADS_QUEUE));
-        Ok(Self { backend: QueueBackend::Sqlite { pool, stripe_events, emails, webhooks, batches, autoreloads } })
+        let scheduled = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(SCHEDULED_QUEUE));
+        let backend = QueueBackend::Sqlite { pool, stripe_events, emails, webhooks, batches, autoreloads, scheduled };
+        Ok(Self { backend })
     }
 
     /// apalis's own task counts of `queue` by status, from the embedded queue's table (`None` on Redis, whose apalis
@@ -190,11 +206,13 @@ impl Queues {
             (QueueBackend::Sqlite { webhooks, .. }, AnyJob::Webhook(job)) => push!(webhooks, job),
             (QueueBackend::Sqlite { batches, .. }, AnyJob::UsageBatch(job)) => push!(batches, job),
             (QueueBackend::Sqlite { autoreloads, .. }, AnyJob::Autoreload(job)) => push!(autoreloads, job),
+            (QueueBackend::Sqlite { scheduled, .. }, AnyJob::Scheduled(job)) => push!(scheduled, job),
             (QueueBackend::Redis { stripe_events, .. }, AnyJob::StripeEvent(job)) => push!(stripe_events, job),
             (QueueBackend::Redis { emails, .. }, AnyJob::Email(job)) => push!(emails, job),
             (QueueBackend::Redis { webhooks, .. }, AnyJob::Webhook(job)) => push!(webhooks, job),
             (QueueBackend::Redis { batches, .. }, AnyJob::UsageBatch(job)) => push!(batches, job),
             (QueueBackend::Redis { autoreloads, .. }, AnyJob::Autoreload(job)) => push!(autoreloads, job),
+            (QueueBackend::Redis { scheduled, .. }, AnyJob::Scheduled(job)) => push!(scheduled, job),
         }
     }
 }
@@ -207,6 +225,7 @@ pub(crate) enum AnyJob {
     Webhook(DeliverWebhookV1),
     UsageBatch(PriceUsageBatchV1),
     Autoreload(RunAutoreloadV1),
+    Scheduled(ScheduledJob),
 }
 
 impl AnyJob {
@@ -219,6 +238,7 @@ impl AnyJob {
             Self::Webhook(job) => job.queued(),
             Self::UsageBatch(job) => job.queued(),
             Self::Autoreload(job) => job.queued(),
+            Self::Scheduled(job) => job.queued(),
         }
     }
 }
@@ -237,6 +257,7 @@ pub async fn run(
             .map_err(|error| std::io::Error::other(format!("retry backoff settings: {error}")))?;
     let endpoints = handlers.webhooks.endpoints.clone();
     let store_for_tracker = store.clone();
+    let scheduler = tokio::spawn(scheduler::run(store.clone(), settings.schedule_interval, relay_stopped.clone()));
     let relay = tokio::spawn(relay::run(store, queues.clone(), endpoints, relay_stopped));
     let retry = settings.clone();
     let max_attempts = i64::try_from(settings.retries.saturating_add(1)).unwrap_or(i64::MAX);
@@ -258,11 +279,11 @@ pub async fn run(
             }
         }};
     }
-    let (stripe_deps, email_deps, webhook_deps, batch_deps, autoreload_deps) =
-        (handlers.stripe, handlers.email, handlers.webhooks, handlers.batches, handlers.autoreload);
+    let (stripe_deps, email_deps, webhook_deps, batch_deps, autoreload_deps, scheduled_deps) =
+        (handlers.stripe, handlers.email, handlers.webhooks, handlers.batches, handlers.autoreload, handlers.scheduled);
     // One pool per queue, the same on either storage.
     macro_rules! pools {
-        ($stripe_events:expr, $emails:expr, $webhooks:expr, $batches:expr, $autoreloads:expr) => {
+        ($stripe_events:expr, $emails:expr, $webhooks:expr, $batches:expr, $autoreloads:expr, $scheduled:expr) => {
             Monitor::new()
                 .register(worker!(
                     $stripe_events.clone(),
@@ -293,14 +314,15 @@ pub async fn run(
                     autoreload_deps,
                     retry.autoreload_concurrency
                 ))
+                .register(worker!($scheduled.clone(), "scheduled", handlers::scheduled, scheduled_deps, 1))
         };
     }
     let monitor = match &queues.backend {
-        QueueBackend::Sqlite { stripe_events, emails, webhooks, batches, autoreloads, .. } => {
-            pools!(stripe_events, emails, webhooks, batches, autoreloads)
+        QueueBackend::Sqlite { stripe_events, emails, webhooks, batches, autoreloads, scheduled, .. } => {
+            pools!(stripe_events, emails, webhooks, batches, autoreloads, scheduled)
         }
-        QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads } => {
-            pools!(stripe_events, emails, webhooks, batches, autoreloads)
+        QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads, scheduled } => {
+            pools!(stripe_events, emails, webhooks, batches, autoreloads, scheduled)
         }
     }
     .shutdown_timeout(settings.shutdown_grace);
@@ -312,6 +334,9 @@ pub async fn run(
     let result = monitor.run_with_signal(signal).await.map_err(std::io::Error::other);
     if let Err(error) = relay.await {
         tracing::error!(%error, "the outbox relay ended abnormally");
+    }
+    if let Err(error) = scheduler.await {
+        tracing::error!(%error, "the scheduler ended abnormally");
     }
     result
 }

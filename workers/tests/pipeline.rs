@@ -11,6 +11,7 @@ use creditflow_domain::{
 };
 use creditflow_jobs::autoreload::AutoreloadDeps;
 use creditflow_jobs::emails::{EmailDeps, Mailer};
+use creditflow_jobs::scheduled::{AnomalyRule, ScheduledDeps};
 use creditflow_jobs::stripe_events::Deps;
 use creditflow_jobs::usage_batches::BatchDeps;
 use creditflow_jobs::webhooks::{WebhookDeps, WebhookEndpoint, sign};
@@ -117,6 +118,7 @@ fn handlers(
         webhooks: WebhookDeps::new(endpoints).expect("client"),
         batches: BatchDeps { store: store.clone() },
         autoreload: AutoreloadDeps { fulfilment: stripe, stripe: None },
+        scheduled: ScheduledDeps { store: store.clone(), anomaly: AnomalyRule::default() },
     }
 }
 
@@ -204,10 +206,15 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
     store.post(&debit).await.expect("debited");
     let emails = || std::fs::read_dir(mail_folder.path()).expect("folder").count();
     wait_for("the low-balance email", || async { emails() == 1 }).await;
-    wait_for("both events at the monitoring endpoint", || async { monitoring.types().len() >= 2 }).await;
+    // The two events, and the rollup of the last hour the scheduler asked for when the workers started.
+    wait_for("three events at the monitoring endpoint", || async { monitoring.types().len() >= 3 }).await;
     let mut types = monitoring.types();
     types.sort();
-    assert_eq!(types, ["balance.low", "purchase.succeeded"], "each event delivered, signatures verified");
+    assert_eq!(
+        types,
+        ["balance.low", "billing.rollup", "purchase.succeeded"],
+        "each event delivered once, signatures verified"
+    );
     a_failing_delivery_dies_after_its_attempts(&store, &broken).await;
     jobs_are_recorded_and_can_be_retried(&store).await;
 
@@ -338,4 +345,29 @@ async fn rows_that_cannot_be_relayed_are_set_aside_not_blocking_the_rest() {
     assert!(store.unrelayed_outbox(10).await.expect("outbox").is_empty(), "bad rows no longer stand in the way");
     let counts = queues.counts("stripe_events").await.expect("counts").expect("embedded queue");
     assert_eq!(counts, vec![("Pending".to_owned(), 1)]);
+}
+
+#[tokio::test]
+async fn the_scheduler_records_each_hour_once_whatever_the_workers() {
+    let database = TestDatabase::new(TestBackend::Postgres).await;
+    let store = Store::connect(&database.url, 4).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let now = time::macros::datetime!(2026-11-24 16:20:05 UTC);
+    // Three worker processes' schedulers at about the same time, one of them a tick later.
+    for at in [now, now, now + time::Duration::seconds(30)] {
+        let jobs = creditflow_workers::schedule_once(&store, at).await.expect("scheduled");
+        assert_eq!(jobs.len(), 2);
+    }
+    let outbox = store.unrelayed_outbox(10).await.expect("outbox");
+    let mut scheduled: Vec<&str> =
+        outbox.iter().filter(|m| m.queue == "scheduled").map(|m| m.payload.as_str()).collect();
+    scheduled.sort_unstable();
+    // 15:00 UTC, the last finished hour.
+    assert_eq!(
+        scheduled,
+        [r#"{"kind":"anomaly_check","hourStart":1795532400}"#, r#"{"kind":"billing_rollup","hourStart":1795532400}"#]
+    );
+    let next = creditflow_workers::schedule_once(&store, now + time::Duration::HOUR).await.expect("scheduled");
+    assert_eq!(next.len(), 2);
+    assert_eq!(store.unrelayed_outbox(10).await.expect("outbox").len(), 4, "the next hour gets its own pair");
 }

@@ -21,7 +21,7 @@ pub(crate) struct JobsApi;
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub(crate) struct QueueCounts {
-    /// The queue: `stripe_events`, `usage_batches`, `autoreloads`, `emails` or `webhooks`.
+    /// The queue: `stripe_events`, `usage_batches`, `autoreloads`, `emails`, `webhooks` or `scheduled`.
     pub(crate) queue: String,
     /// Queued, not started.
     pub(crate) pending: i64,

@@ -33,11 +33,8 @@ async fn operators_see_and_repair_jobs(backend: TestBackend) {
     assert_eq!(status, 200, "{body}");
     let queues = body["queues"].as_array().expect("list");
     let names: Vec<&str> = queues.iter().filter_map(|q| q["queue"].as_str()).collect();
-    assert_eq!(
-        names,
-        ["stripe_events", "usage_batches", "autoreloads", "emails", "webhooks"],
-        "every queue, empty too"
-    );
+    let expected = ["stripe_events", "usage_batches", "autoreloads", "emails", "webhooks", "scheduled"];
+    assert_eq!(names, expected, "every queue, empty ones too");
     assert_eq!(
         queues[0],
         json!({"queue": "stripe_events", "pending": 0, "running": 0, "retrying": 0, "dead": 1, "done": 1, "discarded": 0})
@@ -97,6 +94,7 @@ async fn operators_see_and_repair_jobs(backend: TestBackend) {
     let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains(r#"billing_jobs{queue="stripe_events",state="done"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"billing_jobs{queue="webhooks",state="discarded"} 1"#), "{metrics}");
+    assert!(metrics.contains("billing_anomalies_last_24h 0"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
