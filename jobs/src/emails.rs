@@ -27,6 +27,42 @@ pub enum EmailJob {
     /// Autoreload kept failing and was turned off.
     #[serde(rename = "autoreload_disabled_email")]
     AutoreloadDisabled(AutoreloadDisabledEmailV1),
+    /// A rate card was scheduled for some accounts: queue one notice per covered account with an address.
+    #[serde(rename = "rate_card_notices")]
+    RateCardNotices(RateCardNoticesV1),
+    /// Tell one customer which rate card applies to them from when.
+    #[serde(rename = "rate_card_notice_email")]
+    RateCardNotice(RateCardNoticeEmailV1),
+}
+
+/// A scheduled rate card activation (queued with it by the store).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateCardNoticesV1 {
+    /// The activation.
+    pub activation_id: i64,
+    /// The rate card version.
+    pub version: String,
+    /// When it takes effect (Unix seconds).
+    pub effective_at: i64,
+    /// The share of accounts it covers, by stable bucket.
+    pub percentage: u8,
+    /// Accounts it covers whatever their bucket.
+    pub allowlist: Vec<String>,
+}
+
+/// One customer's notice of a rate card change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateCardNoticeEmailV1 {
+    /// The account told.
+    pub account_id: String,
+    /// The activation.
+    pub activation_id: i64,
+    /// The rate card version.
+    pub version: String,
+    /// When it takes effect (Unix seconds).
+    pub effective_at: i64,
 }
 
 /// Autoreload was turned off after failing again and again (queued by the autoreload job that turned it off).
@@ -115,6 +151,8 @@ pub enum Emailed {
     AlreadySent,
     /// The account has no email address: nothing to send.
     NoAddress,
+    /// One email job was queued for each of these many accounts.
+    Queued(usize),
 }
 
 /// Runs an email job. Idempotent.
@@ -158,7 +196,56 @@ pub async fn send_email(job: &EmailJob, deps: &EmailDeps) -> Result<Emailed, Job
             };
             send_once(&email, deps).await
         }
+        EmailJob::RateCardNotices(notices) => queue_rate_card_notices(notices, deps).await,
+        EmailJob::RateCardNotice(notice) => send_once(&rate_card_notice(notice)?, deps).await,
     }
+}
+
+/// Queues a notice for every account the activation covers that has an email address; each is queued once.
+async fn queue_rate_card_notices(notices: &RateCardNoticesV1, deps: &EmailDeps) -> Result<Emailed, JobError> {
+    let version = creditflow_domain::RateVersion::new(notices.version.clone())
+        .map_err(|_| JobError::Permanent(format!("bad rate card version `{}`", notices.version)))?;
+    let allowlist: Vec<AccountId> = notices.allowlist.iter().filter_map(|id| AccountId::new(id.clone()).ok()).collect();
+    let mut queued = 0;
+    for (account, _) in deps.store.accounts_with_email().await? {
+        if !creditflow_domain::rollout_covers(&version, notices.percentage, &allowlist, &account) {
+            continue;
+        }
+        let notice = EmailJob::RateCardNotice(RateCardNoticeEmailV1 {
+            account_id: account.to_string(),
+            activation_id: notices.activation_id,
+            version: notices.version.clone(),
+            effective_at: notices.effective_at,
+        });
+        let payload = serde_json::to_string(&notice).map_err(|error| JobError::Permanent(error.to_string()))?;
+        let key = format!("rate_card_notice:{}:{account}", notices.activation_id);
+        deps.store.enqueue_once(creditflow_store::EMAILS_QUEUE, &payload, &key).await?;
+        queued += 1;
+    }
+    Ok(Emailed::Queued(queued))
+}
+
+fn rate_card_notice(notice: &RateCardNoticeEmailV1) -> Result<Email<'_>, JobError> {
+    let when = time::OffsetDateTime::from_unix_timestamp(notice.effective_at)
+        .ok()
+        .and_then(|at| at.format(&time::format_description::well_known::Rfc2822).ok())
+        .ok_or_else(|| JobError::Permanent(format!("effective time {} is out of range", notice.effective_at)))?;
+    let version = html_escape(&notice.version);
+    Ok(Email {
+        key: format!("rate_card_notice:{}:{}", notice.activation_id, notice.account_id),
+        account_id: &notice.account_id,
+        subject: format!("New prices from {when}"),
+        text: format!(
+            "From {when}, your usage will be priced with rate card {}.\n\nUsage before then keeps the prices it \
+             had. Your ledger shows the rate card version of every debit.\n",
+            notice.version
+        ),
+        html: format!(
+            "<p>From <strong>{when}</strong>, your usage will be priced with rate card <strong>{version}</strong>.\
+             </p><p>Usage before then keeps the prices it had. Your ledger shows the rate card version of every \
+             debit.</p>"
+        ),
+    })
 }
 
 /// One email to an account's address, sent at most once per `key`.

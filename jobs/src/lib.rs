@@ -48,6 +48,10 @@ impl Job for emails::EmailJob {
         match self {
             Self::LowBalance(notice) => format!("{}:low_balance:{}", Self::QUEUE, notice.entry_id),
             Self::AutoreloadDisabled(notice) => format!("{}:autoreload_disabled:{}", Self::QUEUE, notice.reload_id),
+            Self::RateCardNotices(notices) => format!("{}:rate_card_notices:{}", Self::QUEUE, notices.activation_id),
+            Self::RateCardNotice(notice) => {
+                format!("{}:rate_card_notice:{}:{}", Self::QUEUE, notice.activation_id, notice.account_id)
+            }
         }
     }
 }

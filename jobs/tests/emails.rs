@@ -162,3 +162,65 @@ async fn the_autoreload_disabled_email_names_the_failure_and_escapes_it() {
     assert!(eml.contains("declined: <generic_decline>"), "the text part as written: {eml}");
     assert!(eml.contains("&lt;generic_decline&gt;"), "the HTML part escaped: {eml}");
 }
+
+#[tokio::test]
+async fn a_scheduled_rate_card_is_announced_once_to_each_covered_customer() {
+    let database = TestDatabase::new(TestBackend::Postgres).await;
+    let store = Store::connect(&database.url, 4).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    for (name, email) in [("early", Some("early@example.com")), ("late", Some("late@example.com")), ("mute", None)] {
+        let account = AccountId::new(name).expect("valid");
+        store.create_account(&account).await.expect("create");
+        let settings = AccountSettings { email: email.map(str::to_owned), ..AccountSettings::default() };
+        store.put_settings(&account, &settings).await.expect("settings");
+    }
+    let document = "version = \"v2\"\nrounding = \"ceil\"\n[models.m1]\ninput_tokens = \"0.002\"\n";
+    let card = creditflow_domain::RateCard::from_toml(document).expect("card");
+    store.add_rate_card(&card, document).await.expect("card stored");
+    let audit = creditflow_store::NewAuditRecord {
+        actor: "ops".into(),
+        action: "rate_card.rollout".into(),
+        subject: "v2".into(),
+        reason: None,
+        details: "{}".into(),
+    };
+    // Effective now: nothing to announce. Tomorrow, for the allowlisted `early` and `mute` only (0% by bucket).
+    let now = time::OffsetDateTime::now_utc();
+    store.activate_rate_card(card.version(), now, &audit).await.expect("activated");
+    assert!(store.unrelayed_outbox(10).await.expect("outbox").iter().all(|m| m.queue != EMAILS_QUEUE));
+    let rollout = creditflow_store::Rollout {
+        percentage: 0,
+        allowlist: vec![AccountId::new("early").expect("valid"), AccountId::new("mute").expect("valid")],
+    };
+    let tomorrow = now + time::Duration::DAY;
+    store.roll_out_rate_card(card.version(), tomorrow, &rollout, &audit).await.expect("scheduled");
+
+    let folder = tempfile::tempdir().expect("tempdir");
+    let deps = EmailDeps {
+        store: store.clone(),
+        mailer: Arc::new(Mailer::outbox(folder.path().to_path_buf()).expect("outbox")),
+        from: "creditflow <billing@creditflow.test>".parse().expect("mailbox"),
+    };
+    let fan_out = queued_email(&store).await;
+    assert!(matches!(fan_out, EmailJob::RateCardNotices(_)), "{fan_out:?}");
+    assert_eq!(
+        send_email(&fan_out, &deps).await.expect("queued"),
+        Emailed::Queued(1),
+        "early only: mute has no address"
+    );
+    assert_eq!(send_email(&fan_out, &deps).await.expect("again"), Emailed::Queued(1));
+    let outbox = store.unrelayed_outbox(10).await.expect("outbox");
+    let notices: Vec<EmailJob> = outbox
+        .iter()
+        .filter(|m| m.queue == EMAILS_QUEUE && m.payload.contains("rate_card_notice_email"))
+        .map(|m| serde_json::from_str(&m.payload).expect("job"))
+        .collect();
+    assert_eq!(notices.len(), 1, "queued once however often the fan-out runs");
+    assert_eq!(send_email(&notices[0], &deps).await.expect("sent"), Emailed::Sent);
+    assert_eq!(send_email(&notices[0], &deps).await.expect("again"), Emailed::AlreadySent);
+    let files: Vec<_> = std::fs::read_dir(folder.path()).expect("folder").map(|e| e.expect("entry").path()).collect();
+    let eml = std::fs::read_to_string(&files[0]).expect("eml");
+    assert!(eml.contains("To: early@example.com"), "{eml}");
+    assert!(eml.contains("Subject: New prices from"), "{eml}");
+    assert!(eml.contains("<strong>v2</strong>"), "{eml}");
+}

@@ -152,7 +152,8 @@ impl Store {
     }
 
     /// Makes `version` apply from `effective_at` on to the accounts `rollout` covers (all of them for
-    /// [`Rollout::everyone`]), recording the actor in the audit log.
+    /// [`Rollout::everyone`]), recording the actor in the audit log. Scheduled for later, it also queues (in the same
+    /// transaction) the notices to the covered customers.
     pub async fn roll_out_rate_card(
         &self,
         version: &RateVersion,
@@ -163,7 +164,7 @@ impl Store {
         let now = Timestamp::now();
         let exists = "SELECT COUNT(*) FROM rate_cards WHERE version = $1";
         let insert = "INSERT INTO rate_card_activations (version, effective_at, actor, created_at, percentage, \
-                      allowlist) VALUES ($1, $2, $3, $4, $5, $6)";
+                      allowlist) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
         let percentage = i32::from(rollout.percentage.min(100));
         let allowlist = allowlist_to_json(&rollout.allowlist);
         on_backend!(write self, |tx, _dialect| {
@@ -171,16 +172,33 @@ impl Store {
             if count == 0 {
                 return Err(StoreError::RateCardNotFound(version.to_string()));
             }
-            sqlx::query(insert)
+            let activation: i64 = sqlx::query_scalar(insert)
                 .bind(version.as_str())
                 .bind(Timestamp::from(effective_at))
                 .bind(audit.actor.as_str())
                 .bind(now)
                 .bind(percentage)
                 .bind(allowlist.as_deref())
-                .execute(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await?;
             insert_audit!(tx, audit, now).await?;
+            // Scheduled ahead: the customers it covers are told before it takes effect.
+            if Timestamp::from(effective_at) > now {
+                let notices = serde_json::json!({
+                    "kind": "rate_card_notices",
+                    "activationId": activation,
+                    "version": version.as_str(),
+                    "effectiveAt": effective_at.unix_timestamp(),
+                    "percentage": percentage,
+                    "allowlist": rollout.allowlist.iter().map(AccountId::as_str).collect::<Vec<_>>(),
+                });
+                sqlx::query("INSERT INTO outbox (queue, payload, created_at) VALUES ($1, $2, $3)")
+                    .bind(crate::EMAILS_QUEUE)
+                    .bind(notices.to_string())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
             Ok(())
         })
@@ -269,4 +287,20 @@ fn stored(row: ActiveRow) -> Result<StoredRateCard, StoreError> {
     let card = RateCard::from_toml(&row.document)
         .map_err(|error| StoreError::Corrupt(format!("stored rate card does not parse: {error}")))?;
     Ok(StoredRateCard { card, document: row.document, effective_at: row.effective_at.get() })
+}
+
+impl Store {
+    /// Accounts with an email address, and the address.
+    pub async fn accounts_with_email(&self) -> Result<Vec<(AccountId, String)>, StoreError> {
+        let sql = "SELECT account_id, email FROM account_settings WHERE email IS NOT NULL ORDER BY account_id";
+        let rows: Vec<(String, String)> =
+            on_backend!(self, |pool, _dialect| sqlx::query_as(sql).fetch_all(pool).await?);
+        rows.into_iter()
+            .map(|(account, email)| {
+                let id = AccountId::new(account.clone())
+                    .map_err(|_| StoreError::Corrupt(format!("settings of account `{account}`")))?;
+                Ok((id, email))
+            })
+            .collect()
+    }
 }
