@@ -60,6 +60,8 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace_seconds: u64,
     /// The hourly anomaly check flags no account whose last 24 hours of spend are under this (millicredits).
     pub(crate) anomaly_floor_millicredits: i64,
+    /// Failed autoreloads in a row after which an account's autoreload is turned off (and its owner emailed).
+    pub(crate) autoreload_failures_before_disabling: i64,
     /// Requests per minute per token subject; shared through Redis when `redis_url` is set.
     pub(crate) rate_limit_per_minute: u32,
     /// Origins (`https://app.example.com`) allowed to call the API from a browser.
@@ -137,6 +139,7 @@ impl Default for Config {
             log_filter: "info".to_owned(),
             shutdown_grace_seconds: 30,
             anomaly_floor_millicredits: 1_000_000,
+            autoreload_failures_before_disabling: 3,
             rate_limit_per_minute: 100,
             cors_allowed_origins: Vec::new(),
             dev_key_file: PathBuf::from("creditflow-dev-key.pem"),
@@ -310,6 +313,9 @@ fn validate(config: Config) -> Result<Loaded, ConfigError> {
                 format!("`{origin}` is not an origin like https://app.example.com"),
             ));
         }
+    }
+    if !(1..=100).contains(&config.autoreload_failures_before_disabling) {
+        return Err(invalid("autoreload_failures_before_disabling", "must be 1 to 100"));
     }
     if config.anomaly_floor_millicredits < 0 {
         return Err(invalid("anomaly_floor_millicredits", "must be 0 or more"));

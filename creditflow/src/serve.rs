@@ -173,7 +173,11 @@ fn job_deps(store: &Store, loaded: &Loaded) -> anyhow::Result<Handlers> {
         webhooks: WebhookDeps::new(loaded.config.webhook_endpoints.clone())
             .map_err(|message| anyhow::anyhow!("webhooks: {message}"))?,
         batches: BatchDeps { store: store.clone() },
-        autoreload: AutoreloadDeps { fulfilment: stripe_deps, stripe: payments(loaded)? },
+        autoreload: AutoreloadDeps {
+            fulfilment: stripe_deps,
+            stripe: payments(loaded)?,
+            failures_before_disabling: loaded.config.autoreload_failures_before_disabling,
+        },
         scheduled: ScheduledDeps {
             store: store.clone(),
             anomaly: AnomalyRule {

@@ -5,7 +5,7 @@
 //! charge of the saved card, within the monthly cap. The charge's Stripe idempotency key derives from the debit that
 //! asked for the reload, so a retried job never charges twice; the credit goes through the same fulfilment as a
 //! purchase (ledger key `payment:<PaymentIntent>`), so the webhook that announces the same payment credits nothing
-//! more. After [`FAILURES_BEFORE_DISABLING`] failed reloads in a row, autoreload is turned off and the customer is
+//! more. After a configured number of failed reloads in a row (3 by default), autoreload is turned off and the customer is
 //! emailed.
 
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ use crate::stripe_events::{
     QUANTITY_METADATA_KEY, fulfil_payment,
 };
 
-/// Failed reloads in a row after which autoreload is turned off.
+/// Failed reloads in a row after which autoreload is turned off, unless configured otherwise.
 pub const FAILURES_BEFORE_DISABLING: i64 = 3;
 
 /// Run one reload. Never rename.
@@ -42,6 +42,8 @@ pub struct AutoreloadDeps {
     pub fulfilment: Deps,
     /// Stripe, when configured (without it every reload fails, and autoreload ends up off).
     pub stripe: Option<Arc<Stripe>>,
+    /// Failed reloads in a row after which autoreload is turned off ([`FAILURES_BEFORE_DISABLING`] by default).
+    pub failures_before_disabling: i64,
 }
 
 /// How a reload ended.
@@ -180,7 +182,7 @@ async fn fail(
     store.settle_autoreload(&reload.id, &outcome).await?;
     announce_failure(store, reload, reason, "charge_failed").await?;
     let failures = store.autoreload_failures_in_a_row(&reload.account_id).await?;
-    let disabled = failures >= FAILURES_BEFORE_DISABLING && store.disable_autoreload(&reload.account_id).await?;
+    let disabled = failures >= deps.failures_before_disabling && store.disable_autoreload(&reload.account_id).await?;
     if disabled {
         tracing::warn!(account = %reload.account_id, failures, "autoreload turned off after repeated failures");
         let email = EmailJob::AutoreloadDisabled(AutoreloadDisabledEmailV1 {

@@ -1,13 +1,14 @@
 //! Autoreload against localstripe, on both backends: a debit under the threshold asks for one reload however many
 //! debits follow; the job charges the saved card once (the webhook for the same payment credits nothing more),
-//! buys enough packs to close the gap in one charge, respects the monthly cap, and after three failures in a row
-//! turns autoreload off and emails the customer.
+//! buys enough packs to close the gap in one charge, respects the monthly cap, and after the configured failures in
+//! a row turns autoreload off and emails the customer (through maildev).
 
 use std::sync::Arc;
 
 use creditflow_domain::{AccountId, AccountSettings, Autoreload, EntryKind, Millicredits, Overdraft, PackCatalog};
 use creditflow_domain::{Posting, PostingOutcome, RateVersion};
 use creditflow_jobs::autoreload::{AutoreloadDeps, Reloaded, RunAutoreloadV1, run_autoreload};
+use creditflow_jobs::emails::{EmailDeps, EmailJob, Emailed, Mailer, send_email};
 use creditflow_jobs::stripe_events::{Deps, Processed, fulfil_payment};
 use creditflow_payments::Stripe;
 use creditflow_store::{AUTORELOADS_QUEUE, AutoreloadState, EMAILS_QUEUE, Store, WEBHOOK_EVENTS_QUEUE};
@@ -25,7 +26,7 @@ async fn deps(backend: TestBackend) -> (AutoreloadDeps, TestDatabase) {
     .expect("packs");
     let fulfilment = Deps { store, packs: Arc::new(packs), freeze_on_dispute: true };
     let stripe = Stripe::new(KEY, Some(&stripe_url())).expect("client");
-    (AutoreloadDeps { fulfilment, stripe: Some(Arc::new(stripe)) }, database)
+    (AutoreloadDeps { fulfilment, stripe: Some(Arc::new(stripe)), failures_before_disabling: 3 }, database)
 }
 
 /// An account with autoreload under 1,000 credits (Starter packs, `cap` US cents a month), a Stripe customer
@@ -35,7 +36,8 @@ async fn account(deps: &AutoreloadDeps, card: &str, cap: Option<i64>) -> Account
     let id = AccountId::new(format!("ar{}", uuid::Uuid::new_v4().simple())).expect("valid");
     store.create_account(&id).await.expect("account");
     let settings = AccountSettings {
-        email: Some("owner@example.com".into()),
+        // An address of its own, so concurrent runs never read each other's mail in maildev.
+        email: Some(format!("{id}@example.com")),
         autoreload: Autoreload {
             enabled: true,
             threshold: Some(Millicredits::new(1_000_000)),
@@ -147,9 +149,10 @@ async fn a_reload_closes_the_gap_once(backend: TestBackend) {
 }
 
 async fn repeated_failures_turn_autoreload_off(backend: TestBackend) {
-    let (deps, _database) = deps(backend).await;
+    let (mut deps, _database) = deps(backend).await;
+    deps.failures_before_disabling = 2;
     let id = account(&deps, "pm_card_chargeCustomerFail", None).await;
-    for attempt in 1..=3 {
+    for attempt in 1..=2 {
         // Under the 1,000-credit threshold from the first debit on.
         let amount = if attempt == 1 { 1_500_000 } else { 100_000 };
         debit(&deps, &id, &format!("d{attempt}"), amount).await;
@@ -158,7 +161,7 @@ async fn repeated_failures_turn_autoreload_off(backend: TestBackend) {
         let outcome = run_autoreload(&jobs[attempt - 1], &deps).await.expect("ran");
         let Reloaded::Failed { reason, disabled } = outcome else { panic!("a declined card fails: {outcome:?}") };
         assert!(reason.contains("declined"), "{reason}");
-        assert_eq!(disabled, attempt == 3, "off after the third failure in a row");
+        assert_eq!(disabled, attempt == 2, "off after the configured two failures in a row");
     }
     let settings = deps.fulfilment.store.settings(&id).await.expect("settings");
     assert!(!settings.autoreload.enabled);
@@ -167,7 +170,24 @@ async fn repeated_failures_turn_autoreload_off(backend: TestBackend) {
         outbox.iter().filter(|m| m.queue == EMAILS_QUEUE && m.payload.contains("autoreload_disabled_email")).collect();
     assert_eq!(emails.len(), 1, "the customer is told once");
     debit(&deps, &id, "d4", 500_000).await;
-    assert_eq!(reload_jobs(&deps, &id).await.len(), 3, "no reload is asked for once it is off");
+    assert_eq!(reload_jobs(&deps, &id).await.len(), 2, "no reload is asked for once it is off");
+
+    // The email job, sent as the emails pool would, arrives in maildev.
+    let job: EmailJob = serde_json::from_str(&emails[0].payload).expect("an email job");
+    let smtp = std::env::var("CREDITFLOW_TEST_SMTP_URL").unwrap_or_else(|_| "smtp://127.0.0.1:1025".into());
+    let maildev = std::env::var("CREDITFLOW_TEST_MAILDEV_URL").unwrap_or_else(|_| "http://127.0.0.1:1080".into());
+    let email_deps = EmailDeps {
+        store: deps.fulfilment.store.clone(),
+        mailer: Arc::new(Mailer::smtp(&smtp).expect("smtp url")),
+        from: "creditflow <billing@creditflow.test>".parse().expect("mailbox"),
+    };
+    assert_eq!(send_email(&job, &email_deps).await.expect("sent (scripts/test starts maildev)"), Emailed::Sent);
+    let inbox: Vec<serde_json::Value> =
+        reqwest::get(format!("{maildev}/api/email")).await.expect("maildev answers").json().await.expect("json");
+    let address = format!("{id}@example.com");
+    let mine: Vec<_> = inbox.iter().filter(|e| e["to"][0]["address"].as_str() == Some(address.as_str())).collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["subject"], "Autoreload is off: your card was not charged");
 }
 
 macro_rules! on_both_backends {

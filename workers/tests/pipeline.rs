@@ -27,6 +27,7 @@ struct Receiver {
     url: String,
     seen: Arc<std::sync::Mutex<Vec<String>>>,
     attempts: Arc<std::sync::atomic::AtomicUsize>,
+    status: Arc<std::sync::atomic::AtomicU16>,
 }
 
 impl Receiver {
@@ -34,10 +35,12 @@ impl Receiver {
         use poem::listener::{Acceptor, Listener};
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (record, count) = (seen.clone(), attempts.clone());
+        let answer = Arc::new(std::sync::atomic::AtomicU16::new(status));
+        let (record, count, current) = (seen.clone(), attempts.clone(), answer.clone());
         let endpoint = poem::endpoint::make(move |request: poem::Request| {
-            let (record, count) = (record.clone(), count.clone());
+            let (record, count, current) = (record.clone(), count.clone(), current.clone());
             async move {
+                let status = current.load(std::sync::atomic::Ordering::SeqCst);
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let header = request.header("creditflow-signature").unwrap_or("").to_owned();
                 let body = request.into_body().into_string().await.unwrap_or_default();
@@ -52,7 +55,12 @@ impl Receiver {
         let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind");
         let address = *acceptor.local_addr()[0].as_socket_addr().expect("address");
         tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
-        Self { url: format!("http://{address}/hook"), seen, attempts }
+        Self { url: format!("http://{address}/hook"), seen, attempts, status: answer }
+    }
+
+    /// Answers `status` from now on.
+    fn answer(&self, status: u16) {
+        self.status.store(status, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn types(&self) -> Vec<String> {
@@ -117,7 +125,11 @@ fn handlers(
         },
         webhooks: WebhookDeps::new(endpoints).expect("client"),
         batches: BatchDeps { store: store.clone() },
-        autoreload: AutoreloadDeps { fulfilment: stripe, stripe: None },
+        autoreload: AutoreloadDeps {
+            fulfilment: stripe,
+            stripe: None,
+            failures_before_disabling: creditflow_jobs::autoreload::FAILURES_BEFORE_DISABLING,
+        },
         scheduled: ScheduledDeps { store: store.clone(), anomaly: AnomalyRule::default() },
     }
 }
@@ -243,6 +255,15 @@ async fn a_failing_delivery_dies_after_its_attempts(store: &Store, broken: &Rece
     assert!(dead[0].last_error.as_deref().is_some_and(|e| e.contains("500")), "{:?}", dead[0].last_error);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(broken.attempts(), 6, "no attempt after the job died");
+    // The endpoint is fixed; an operator retries the dead delivery and it goes through, signed.
+    broken.answer(200);
+    store.retry_job(&dead[0].id).await.expect("answered").expect("a dead job can be retried");
+    wait_for("the retried delivery", || async {
+        store.job(&dead[0].id).await.expect("read").is_some_and(|job| job.state == JobState::Done)
+    })
+    .await;
+    assert_eq!(broken.attempts(), 7, "one more attempt, answered 200");
+    assert_eq!(broken.types().len(), 7, "every attempt carried a signature that verifies");
 }
 
 /// Every job has a record; a dead job retried by an operator runs again (and dies again, here).

@@ -1,5 +1,5 @@
 //! `POST /api/usage/batches` and `GET /api/usage/batches/{id}`: a 10,000-event batch (over the 1 MiB default body
-//! limit) accepted with 202, replayed under its key, refused when empty, too large or under a reused key, and
+//! limit, with repeated and invalid events) accepted with 202, replayed under its key, refused when empty, too large or under a reused key, and
 //! reported with counts and per-event rejections once its job ran; on both backends.
 
 use creditflow_jobs::usage_batches::{BatchDeps, PriceUsageBatchV1, price_usage_batch};
@@ -33,6 +33,10 @@ async fn batches_are_accepted_then_reported(backend: TestBackend) {
     let gateway = TestApp::token("gateway", "service");
     let mut list = events(10_000, "alice");
     list[17] = json!({"eventId": "bad", "accountId": "alice", "model": "no-such-model", "usage": {"input_tokens": 1}});
+    // Two repeats of earlier events (a sender's retry inside one batch) and one negative quantity.
+    list[100] = list[3].clone();
+    list[9_999] = list[4_000].clone();
+    list[500] = json!({"eventId": "neg", "accountId": "alice", "model": "gpt-4o", "usage": {"input_tokens": -5}});
     let body = json!({"idempotencyKey": "nightly-1", "events": list});
     assert!(body.to_string().len() > creditflow_api::BODY_SIZE_MAX_BYTES, "bigger than other routes accept");
 
@@ -66,20 +70,22 @@ async fn batches_are_accepted_then_reported(backend: TestBackend) {
     assert_eq!(done["status"], "completed");
     assert_eq!(
         (done["debitedCount"].as_i64(), done["duplicateCount"].as_i64(), done["rejectedCount"].as_i64()),
-        (Some(9_999), Some(0), Some(1))
+        (Some(9_996), Some(2), Some(2))
     );
     // 400 tokens x 0.0025 = 1 credit each.
     assert_eq!(
         (done["debitedMillicredits"].as_i64(), done["debitedCredits"].as_str()),
-        (Some(9_999_000), Some("9999.000"))
+        (Some(9_996_000), Some("9996.000"))
     );
-    assert_eq!(done["overdraftCount"].as_i64(), Some(9_998), "1 credit of balance covers the first debit only");
+    assert_eq!(done["overdraftCount"].as_i64(), Some(9_995), "1 credit of balance covers the first debit only");
     assert_eq!(
-        done["rejections"],
-        json!([{"index": 17, "eventId": "bad", "code": "unknown_model", "reason": "model `no-such-model` is not on rate card v1"}])
+        done["rejections"][0],
+        json!({"index": 17, "eventId": "bad", "code": "unknown_model", "reason": "model `no-such-model` is not on rate card v1"})
     );
+    let negative = &done["rejections"][1];
+    assert_eq!((negative["index"].as_u64(), negative["code"].as_str()), (Some(500), Some("invalid_usage")));
     assert!(done["completedAt"].as_str().is_some());
-    assert_eq!(app.balance("alice").await, 1_000 - 9_999_000);
+    assert_eq!(app.balance("alice").await, 1_000 - 9_996_000);
 }
 
 async fn bad_batches_are_refused_whole(backend: TestBackend) {
