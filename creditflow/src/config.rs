@@ -62,6 +62,10 @@ pub(crate) struct Config {
     pub(crate) anomaly_floor_millicredits: i64,
     /// Failed autoreloads in a row after which an account's autoreload is turned off (and its owner emailed).
     pub(crate) autoreload_failures_before_disabling: i64,
+    /// Seconds between worker heartbeats; a worker silent for two is taken for dead and its jobs run again.
+    pub(crate) queue_heartbeat_seconds: u64,
+    /// Prefix of the queues' keys in Redis (deployments sharing one Redis use different ones).
+    pub(crate) queue_namespace: String,
     /// Requests per minute per token subject; shared through Redis when `redis_url` is set.
     pub(crate) rate_limit_per_minute: u32,
     /// Origins (`https://app.example.com`) allowed to call the API from a browser.
@@ -140,6 +144,8 @@ impl Default for Config {
             shutdown_grace_seconds: 30,
             anomaly_floor_millicredits: 1_000_000,
             autoreload_failures_before_disabling: 3,
+            queue_heartbeat_seconds: 30,
+            queue_namespace: "creditflow".to_owned(),
             rate_limit_per_minute: 100,
             cors_allowed_origins: Vec::new(),
             dev_key_file: PathBuf::from("creditflow-dev-key.pem"),
@@ -243,6 +249,24 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, message: message.into() }
 }
 
+/// The job pipeline's settings.
+fn validate_jobs(config: &Config) -> Result<(), ConfigError> {
+    let namespace_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if config.queue_namespace.is_empty() || !config.queue_namespace.chars().all(namespace_ok) {
+        return Err(invalid("queue_namespace", "must be letters, digits, - and _"));
+    }
+    if !(1..=300).contains(&config.queue_heartbeat_seconds) {
+        return Err(invalid("queue_heartbeat_seconds", "must be 1 to 300"));
+    }
+    if !(1..=100).contains(&config.autoreload_failures_before_disabling) {
+        return Err(invalid("autoreload_failures_before_disabling", "must be 1 to 100"));
+    }
+    if config.anomaly_floor_millicredits < 0 {
+        return Err(invalid("anomaly_floor_millicredits", "must be 0 or more"));
+    }
+    Ok(())
+}
+
 fn validate(config: Config) -> Result<Loaded, ConfigError> {
     let url = config.database_url.as_str();
     if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -314,12 +338,7 @@ fn validate(config: Config) -> Result<Loaded, ConfigError> {
             ));
         }
     }
-    if !(1..=100).contains(&config.autoreload_failures_before_disabling) {
-        return Err(invalid("autoreload_failures_before_disabling", "must be 1 to 100"));
-    }
-    if config.anomaly_floor_millicredits < 0 {
-        return Err(invalid("anomaly_floor_millicredits", "must be 0 or more"));
-    }
+    validate_jobs(&config)?;
     if config.shutdown_grace_seconds > 3_600 {
         return Err(invalid("shutdown_grace_seconds", "must be at most 3600"));
     }

@@ -61,7 +61,7 @@ async fn run_api(loaded: &Loaded, with_workers: bool) -> anyhow::Result<()> {
     let state = app_state(loaded, &store).await?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let workers = if with_workers {
-        let queues = Queues::open(&config.queue_url).await.context("cannot open the job queue")?;
+        let queues = open_queues(loaded).await?;
         let run = creditflow_workers::run(
             store.clone(),
             job_deps(&store, loaded)?,
@@ -128,6 +128,13 @@ async fn app_state(loaded: &Loaded, store: &Store) -> anyhow::Result<AppState> {
     })
 }
 
+/// The job queues named by the configuration.
+async fn open_queues(loaded: &Loaded) -> anyhow::Result<Queues> {
+    let heartbeat = Duration::from_secs(loaded.config.queue_heartbeat_seconds);
+    let config = &loaded.config;
+    Queues::open_with(&config.queue_url, &config.queue_namespace, heartbeat).await.context("cannot open the job queue")
+}
+
 /// Stripe's API client, when a secret key is configured.
 pub(crate) fn payments(loaded: &Loaded) -> anyhow::Result<Option<Arc<creditflow_payments::Stripe>>> {
     let stripe = &loaded.config.stripe;
@@ -144,7 +151,7 @@ pub(crate) async fn worker(loaded: &Loaded) -> anyhow::Result<()> {
     if loaded.config.auto_migrate {
         store.migrate().await.context("cannot apply migrations")?;
     }
-    let queues = Queues::open(&loaded.config.queue_url).await.context("cannot open the job queue")?;
+    let queues = open_queues(loaded).await?;
     tracing::info!(backend = store.backend().as_str(), "creditflow worker is running");
     creditflow_workers::run(store.clone(), job_deps(&store, loaded)?, queues, worker_settings(loaded), shutdown)
         .await

@@ -423,11 +423,9 @@ async fn jobs_lists_retries_and_discards_from_the_command_line() {
     assert_eq!((code, stderr.contains("no job `nope`")), (1, true), "{stderr}");
 }
 
-/// Registers `url` at localstripe to receive payment events signed with `secret`. One fixed registration, replaced
-/// by each run: localstripe delivers to its endpoints one after another and keeps them all, so registrations left by
-/// earlier runs (whose ports another process may now hold) would delay delivery.
-async fn register_localstripe_webhook(client: &reqwest::Client, url: &str, secret: &str) {
-    let id = "creditflow-cli-tests";
+/// Registers `url` at localstripe, as endpoint `id`, to receive payment events signed with `secret`. Each test uses
+/// fixed ids, replaced by each run, so registrations do not pile up (`scripts/test` also starts a fresh localstripe).
+async fn register_localstripe_webhook(client: &reqwest::Client, id: &str, url: &str, secret: &str) {
     let response = client
         .post(format!("{}/_config/webhooks/{id}", creditflow_testkit::stripe_url()))
         .form(&[
@@ -456,7 +454,8 @@ async fn a_pack_bought_through_localstripe_is_credited_once() {
         ],
     );
     let client = reqwest::Client::new();
-    register_localstripe_webhook(&client, &format!("{}/webhooks/stripe", server.base_url), secret).await;
+    let url = format!("{}/webhooks/stripe", server.base_url);
+    register_localstripe_webhook(&client, "creditflow-cli-embedded", &url, secret).await;
     let account = format!("e2e{}", uuid::Uuid::new_v4().simple());
     let (_, token, _) = run(dir.path(), &["token", "--sub", &account, "--role", "customer"], &[]);
     let response = client
@@ -479,4 +478,140 @@ async fn a_pack_bought_through_localstripe_is_credited_once() {
     assert!(confirmed.status().is_success(), "confirm: {}", confirmed.text().await.unwrap_or_default());
     wait_for_balance(&client, &server.base_url, token.trim(), &account, 5_000_000).await;
     server.terminate();
+}
+
+/// A server that records every request's `Stripe-Signature` and body (localstripe's own signed events).
+async fn capture_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    use poem::listener::{Acceptor, Listener};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let endpoint = poem::endpoint::make(move |request: poem::Request| {
+        let record = record.clone();
+        async move {
+            let signature = request.header("stripe-signature").unwrap_or("").to_owned();
+            let body = request.into_body().into_string().await.unwrap_or_default();
+            record.lock().expect("lock").push((signature, body));
+            poem::http::StatusCode::OK
+        }
+    });
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind");
+    let address = *acceptor.local_addr()[0].as_socket_addr().expect("address");
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
+    (format!("http://{address}/capture"), seen)
+}
+
+/// Makes and confirms, at localstripe, a Starter payment for `account` (what `/api/purchases` and Stripe.js do).
+async fn pay_starter_at_localstripe(client: &reqwest::Client, key: &str, account: &str) -> String {
+    let stripe = creditflow_testkit::stripe_url();
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        client.post(format!("{stripe}/v1/{path}")).basic_auth(key, Some("")).form(&form).send()
+    };
+    let customer: serde_json::Value =
+        post("customers".into(), vec![]).await.expect("localstripe").json().await.expect("json");
+    let intent: serde_json::Value = post(
+        "payment_intents".into(),
+        vec![
+            ("amount", "500".into()),
+            ("currency", "usd".into()),
+            ("customer", customer["id"].as_str().expect("id").to_owned()),
+            ("metadata[creditflow_account_id]", account.to_owned()),
+            ("metadata[creditflow_pack_id]", "starter".into()),
+        ],
+    )
+    .await
+    .expect("localstripe")
+    .json()
+    .await
+    .expect("json");
+    let id = intent["id"].as_str().expect("id").to_owned();
+    let card = post(format!("payment_intents/{id}"), vec![("payment_method", "pm_card_visa".into())]);
+    assert!(card.await.expect("localstripe").status().is_success());
+    let confirmed = post(format!("payment_intents/{id}/confirm"), vec![]).await.expect("localstripe");
+    assert!(confirmed.status().is_success());
+    id
+}
+
+#[tokio::test]
+async fn on_postgres_and_redis_a_payment_is_credited_once_despite_redeliveries_and_a_killed_worker() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let database = TestDatabase::new(TestBackend::Postgres).await;
+    let secret = "whsec_localstripe_postgres";
+    let namespace = creditflow_testkit::redis_namespace();
+    let auth = production_auth();
+    let mut envs: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let redis = creditflow_testkit::redis_url();
+    envs.extend([
+        ("DATABASE_URL", database.url.as_str()),
+        ("CREDITFLOW_QUEUE_URL", redis.as_str()),
+        ("CREDITFLOW_QUEUE_NAMESPACE", namespace.as_str()),
+        ("CREDITFLOW_QUEUE_HEARTBEAT_SECONDS", "1"),
+        ("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret),
+    ]);
+    let (api, _) = Server::start_role(dir.path(), "api", &envs);
+    let worker = |dir: &Path| {
+        creditflow(dir).arg("worker").envs(envs.iter().copied()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+    };
+    let mut first_worker = worker(dir.path()).expect("start a worker");
+    let client = reqwest::Client::new();
+    let (capture_url, captured) = capture_server().await;
+    register_localstripe_webhook(
+        &client,
+        "creditflow-cli-postgres",
+        &format!("{}/webhooks/stripe", api.base_url),
+        secret,
+    )
+    .await;
+    register_localstripe_webhook(&client, "creditflow-cli-capture", &capture_url, secret).await;
+
+    let account = format!("pg{}", uuid::Uuid::new_v4().simple());
+    let intent = pay_starter_at_localstripe(&client, "sk_test_pg", &account).await;
+    let store = creditflow_store::Store::connect(&database.url, 2).await.expect("the ledger");
+    // localstripe's own signed event, as it reached creditflow.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (signature, body) = loop {
+        let found = captured.lock().expect("lock").iter().find(|(_, body)| body.contains(&intent)).cloned();
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "localstripe never sent the payment's event");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let event_id =
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["id"].as_str().expect("id").to_owned();
+    // The worker dies (SIGKILL) as soon as the event is stored: before, during or after fulfilment.
+    while store.stripe_event(&event_id).await.expect("read").is_none() {
+        assert!(Instant::now() < deadline, "creditflow never stored the event");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first_worker.kill().expect("SIGKILL");
+    first_worker.wait().expect("reaped");
+    // Stripe redelivers the same signed event 20 times at once.
+    let redeliveries = (0..20).map(|_| {
+        client
+            .post(format!("{}/webhooks/stripe", api.base_url))
+            .header("stripe-signature", signature.clone())
+            .body(body.clone())
+            .send()
+    });
+    for response in futures_util::future::join_all(redeliveries).await {
+        assert_eq!(response.expect("answered").status(), 200);
+    }
+    let mut second_worker = worker(dir.path()).expect("restart a worker");
+    let id = creditflow_domain::AccountId::new(account.clone()).expect("valid");
+    let balance = || async { store.account(&id).await.expect("read").map(|a| a.balance.get()) };
+    while balance().await != Some(5_000_000) {
+        assert!(Instant::now() < deadline + Duration::from_secs(30), "never credited: {:?}", balance().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(balance().await, Some(5_000_000), "credited exactly once");
+    let entries = store.entries(&id, 0, 100).await.expect("entries");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].idempotency_key, format!("payment:{intent}"));
+    let totals = store.ledger_totals(None).await.expect("totals");
+    assert_eq!(totals.balances, totals.entries);
+    let status = Command::new("kill").args(["-TERM", &second_worker.id().to_string()]).status().expect("signal");
+    assert!(status.success());
+    assert!(second_worker.wait().expect("exits").success());
+    api.terminate();
 }

@@ -36,6 +36,9 @@ pub use creditflow_jobs::webhooks::WEBHOOKS_QUEUE;
 pub use relay::relay_once;
 pub use scheduler::schedule_once;
 
+/// How often workers tell the queue they are alive, unless configured otherwise.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+
 /// How long an idle worker waits before looking for new jobs again.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -155,9 +158,20 @@ impl Queues {
 
     /// Like [`Queues::open`], with the Redis keys under `namespace` (deployments or tests sharing one Redis).
     pub async fn open_in(url: &str, namespace: &str) -> Result<Self, QueueError> {
+        Self::open_with(url, namespace, DEFAULT_HEARTBEAT).await
+    }
+
+    /// Like [`Queues::open_in`], with workers beating every `heartbeat`: a worker silent for two beats is taken for
+    /// dead and its jobs in flight are queued again.
+    pub async fn open_with(url: &str, namespace: &str, heartbeat: Duration) -> Result<Self, QueueError> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             let connection = apalis_redis::connect(url).await.map_err(|error| QueueError::Redis(error.to_string()))?;
-            let config = |queue: &str| apalis_redis::Config::default().queue(format!("{namespace}:{queue}"));
+            let config = |queue: &str| {
+                apalis_redis::Config::default()
+                    .queue(format!("{namespace}:{queue}"))
+                    .heartbeat_interval(heartbeat)
+                    .missed_heartbeats(2)
+            };
             let stripe_events = RedisStorage::new(connection.clone()).with_config(config(STRIPE_EVENTS_QUEUE));
             let emails = RedisStorage::new(connection.clone()).with_config(config(EMAILS_QUEUE));
             let webhooks = RedisStorage::new(connection.clone()).with_config(config(WEBHOOKS_QUEUE));
@@ -174,12 +188,14 @@ impl Queues {
             SqliteConnectOptions::from_str(url)?.create_if_missing(true).busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         SqliteStorage::setup(&pool).await.map_err(|error| QueueError::Setup(error.to_string()))?;
-        let stripe_events = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(STRIPE_EVENTS_QUEUE));
-        let emails = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(EMAILS_QUEUE));
-        let webhooks = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(WEBHOOKS_QUEUE));
-        let batches = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(USAGE_BATCHES_QUEUE));
-        let autoreloads = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(AUTORELOADS_QUEUE));
-        let scheduled = SqliteStorage::new(&pool).with_config(QueueConfig::default().queue(SCHEDULED_QUEUE));
+        let config =
+            |queue: &str| QueueConfig::default().queue(queue).heartbeat_interval(heartbeat).missed_heartbeats(2);
+        let stripe_events = SqliteStorage::new(&pool).with_config(config(STRIPE_EVENTS_QUEUE));
+        let emails = SqliteStorage::new(&pool).with_config(config(EMAILS_QUEUE));
+        let webhooks = SqliteStorage::new(&pool).with_config(config(WEBHOOKS_QUEUE));
+        let batches = SqliteStorage::new(&pool).with_config(config(USAGE_BATCHES_QUEUE));
+        let autoreloads = SqliteStorage::new(&pool).with_config(config(AUTORELOADS_QUEUE));
+        let scheduled = SqliteStorage::new(&pool).with_config(config(SCHEDULED_QUEUE));
         let backend = QueueBackend::Sqlite { pool, stripe_events, emails, webhooks, batches, autoreloads, scheduled };
         Ok(Self { backend })
     }
