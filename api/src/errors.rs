@@ -3,7 +3,8 @@
 //!
 //! Codes: `bad_request`, `unauthorized`, `forbidden`, `account_frozen`, `daily_spend_cap_exceeded`, `not_found`,
 //! `method_not_allowed`, `idempotency_conflict`, `job_state`, `payload_too_large`, `invalid_request`, `unknown_model`,
-//! `unknown_unit`, `insufficient_funds`, `rate_limited`, `internal`, `unavailable`.
+//! `unknown_unit`, `insufficient_funds`, `rate_limited`, `internal`, `unavailable`, and for purchases `unknown_pack`,
+//! `stripe_not_configured`, `payment_provider_unavailable`, `payment_provider_error`.
 
 use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
@@ -69,6 +70,9 @@ pub enum ApiError {
     /// Something failed on our side.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
+    /// A dependency refused a request it should have taken (the payment provider).
+    #[oai(status = 502)]
+    BadGateway(Json<ErrorBody>),
     /// A dependency is unavailable.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),

@@ -44,7 +44,7 @@ pub(crate) struct Config {
     pub(crate) auto_migrate: bool,
     /// The job queue: `redis://HOST:PORT` in production, or `sqlite://PATH` (a file of its own beside the ledger).
     pub(crate) queue_url: String,
-    /// Redis for the job queue and the shared rate limiter in production (`redis://...`); unused until those land.
+    /// Redis for the shared rate limiter in production (`redis://...`); the job queue is `queue_url`.
     pub(crate) redis_url: Option<String>,
     /// Address the HTTP server binds.
     pub(crate) listen: SocketAddr,
@@ -212,7 +212,15 @@ pub(crate) fn load(explicit_file: Option<&Path>) -> Result<Loaded, ConfigError> 
         None => {}
     }
     let figment = figment
-        .merge(Env::prefixed("CREDITFLOW_").ignore(&["config", "test_postgres_url", "test_redis_url"]).split("__"))
+        // `CREDITFLOW_TEST_*` belong to the test suite (scripts/test exports them), not to creditflow.
+        .merge(
+            Env::prefixed("CREDITFLOW_")
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    key != "config" && !key.starts_with("test_")
+                })
+                .split("__"),
+        )
         .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL"]));
     let config: Config = figment.extract().map_err(|error| ConfigError::Load(describe(error)))?;
     validate(config)

@@ -394,7 +394,7 @@ async fn jobs_lists_retries_and_discards_from_the_command_line() {
     let store = Store::connect(&url, 2).await.expect("the database `jobs queues` created");
     let job = QueuedJob { id: "stripe_events:evt_1".into(), queue: "stripe_events".into(), payload: "{}".into() };
     store.start_job_attempt(&job).await.expect("start");
-    store.end_job_attempt(&job.id, AttemptEnd::Dead("no account in metadata")).await.expect("end");
+    store.end_job_attempt(&job.id, 1, AttemptEnd::Dead("no account in metadata")).await.expect("end");
     store.close().await;
 
     let (code, stdout, _) = run(dir.path(), &["jobs", "list", "--state", "dead"], &[]);
@@ -614,4 +614,18 @@ async fn on_postgres_and_redis_a_payment_is_credited_once_despite_redeliveries_a
     assert!(status.success());
     assert!(second_worker.wait().expect("exits").success());
     api.terminate();
+}
+
+#[test]
+fn the_example_configuration_is_valid_and_the_tests_own_variables_are_ignored() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let example = format!("{}/../config/creditflow.example.toml", env!("CARGO_MANIFEST_DIR"));
+    let envs =
+        [("CREDITFLOW_TEST_STRIPE_URL", "http://127.0.0.1:8420"), ("CREDITFLOW_STRIPE__SECRET_KEY", "sk_test_x")];
+    let (code, stdout, stderr) = run(dir.path(), &["--config", &example, "config"], &envs);
+    assert_eq!(code, 0, "{stderr}");
+    for key in ["queue_heartbeat_seconds = 30", "autoreload_failures_before_disabling = 3", "secret_key = \"sk_***\""] {
+        assert!(stdout.contains(key), "`{key}` missing from:\n{stdout}");
+    }
+    assert!(!stdout.contains("sk_test_x"), "the Stripe key leaked:\n{stdout}");
 }

@@ -1,19 +1,21 @@
 //! Running an automatic top-up (queue `autoreloads`, written by the debit that left the balance under the account's
 //! autoreload threshold).
 //!
-//! The job buys as many of the account's autoreload pack as close the gap to the threshold in one off-session
-//! charge of the saved card, within the monthly cap. The charge's Stripe idempotency key derives from the debit that
-//! asked for the reload, so a retried job never charges twice; the credit goes through the same fulfilment as a
-//! purchase (ledger key `payment:<PaymentIntent>`), so the webhook that announces the same payment credits nothing
-//! more. After a configured number of failed reloads in a row (3 by default), autoreload is turned off and the customer is
-//! emailed.
+//! The job claims the reload (so two copies never charge at once), then buys as many of the account's autoreload
+//! pack as close the gap to the threshold in one off-session charge of the saved card, within the monthly cap; what
+//! it buys is fixed by the first attempt. Each attempt's Stripe idempotency key derives from the debit that asked
+//! for the reload and the attempt's number, so a retried attempt replays its charge instead of repeating it. The
+//! credit goes through the same fulfilment as a purchase (ledger key `payment:<PaymentIntent>`), which also settles
+//! the reload, so the webhook announcing the same payment credits nothing more. A declined card is tried again with
+//! backoff; after the configured number of attempts (3 by default) the reload has failed, autoreload is turned off
+//! and the customer is emailed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use creditflow_domain::Millicredits;
-use creditflow_payments::{PaymentError, Stripe};
-use creditflow_store::{AutoreloadOutcome, AutoreloadRecord, AutoreloadState, EMAILS_QUEUE};
+use creditflow_payments::{OffSessionCharge, PaymentError, Stripe};
+use creditflow_store::{AutoreloadClaim, AutoreloadOutcome, AutoreloadRecord, AutoreloadState, EMAILS_QUEUE};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -24,7 +26,7 @@ use crate::stripe_events::{
     QUANTITY_METADATA_KEY, fulfil_payment,
 };
 
-/// Failed reloads in a row after which autoreload is turned off, unless configured otherwise.
+/// Charge attempts of one reload after which it has failed and autoreload is turned off, unless configured otherwise.
 pub const FAILURES_BEFORE_DISABLING: i64 = 3;
 
 /// Run one reload. Never rename.
@@ -42,7 +44,7 @@ pub struct AutoreloadDeps {
     pub fulfilment: Deps,
     /// Stripe, when configured (without it every reload fails, and autoreload ends up off).
     pub stripe: Option<Arc<Stripe>>,
-    /// Failed reloads in a row after which autoreload is turned off ([`FAILURES_BEFORE_DISABLING`] by default).
+    /// Charge attempts of one reload after which autoreload is turned off ([`FAILURES_BEFORE_DISABLING`] by default).
     pub failures_before_disabling: i64,
 }
 
@@ -60,21 +62,31 @@ pub enum Reloaded {
         /// Whether autoreload is now off.
         disabled: bool,
     },
+    /// Charged, but the payment is still processing: fulfilment credits it when Stripe says it succeeded.
+    Processing(String),
     /// Settled before (a redelivery): nothing done.
     AlreadySettled(AutoreloadState),
 }
 
-/// Runs a reload. Idempotent.
+/// How long a claim on a reload holds before another attempt may take it over (its holder vanished).
+const CLAIM_LEASE: time::Duration = time::Duration::minutes(2);
+
+/// Runs a reload. Idempotent: a settled reload is left alone, two copies never charge at once, and a retried
+/// attempt replays its charge instead of repeating it.
 pub async fn run_autoreload(job: &RunAutoreloadV1, deps: &AutoreloadDeps) -> Result<Reloaded, JobError> {
     let store = &deps.fulfilment.store;
-    let Some(reload) = store.autoreload(&job.reload_id).await? else {
-        return Err(JobError::Permanent(format!("no autoreload {}", job.reload_id)));
+    let reload = match store.claim_autoreload(&job.reload_id, CLAIM_LEASE).await? {
+        AutoreloadClaim::Claimed(reload) => reload,
+        AutoreloadClaim::Settled(state) => return Ok(Reloaded::AlreadySettled(state)),
+        AutoreloadClaim::Busy => {
+            return Err(JobError::Transient(format!(
+                "autoreload {} is being charged by another attempt",
+                job.reload_id
+            )));
+        }
+        AutoreloadClaim::Missing => return Err(JobError::Permanent(format!("no autoreload {}", job.reload_id))),
     };
-    if reload.state != AutoreloadState::Pending {
-        return Ok(Reloaded::AlreadySettled(reload.state));
-    }
     let account = &reload.account_id;
-    let settings = store.settings(account).await?.autoreload;
     let skip = |reason: String| async move {
         let outcome = AutoreloadOutcome {
             state: AutoreloadState::Skipped,
@@ -86,6 +98,7 @@ pub async fn run_autoreload(job: &RunAutoreloadV1, deps: &AutoreloadDeps) -> Res
         store.settle_autoreload(&job.reload_id, &outcome).await?;
         Ok::<_, JobError>(Reloaded::Skipped(reason))
     };
+    let settings = store.settings(account).await?.autoreload;
     let (true, Some(threshold), Some(pack_id)) = (settings.enabled, settings.threshold, settings.pack.as_deref())
     else {
         return skip("autoreload is off or incomplete for the account".to_owned()).await;
@@ -93,61 +106,88 @@ pub async fn run_autoreload(job: &RunAutoreloadV1, deps: &AutoreloadDeps) -> Res
     let Some(pack) = deps.fulfilment.packs.get(pack_id) else {
         return skip(format!("the autoreload pack `{pack_id}` is no longer sold")).await;
     };
-    let balance = store.account(account).await?.map_or(Millicredits::ZERO, |account| account.balance);
-    let Some(packs) = packs_to_close(balance, threshold, pack.grant) else {
-        return skip(format!("the balance ({balance} credits) is no longer under the threshold")).await;
+    let Some(state) = store.account(account).await? else {
+        return Err(JobError::Permanent(format!("autoreload {}: no account {account}", reload.id)));
     };
-    let amount = pack
-        .price_usd_cents
-        .checked_mul(packs)
-        .ok_or_else(|| JobError::Permanent(format!("autoreload {}: amount out of range", reload.id)))?;
-    if let Some(cap) = settings.monthly_cap_usd_cents {
-        let now = OffsetDateTime::now_utc();
-        let month_start = now.replace_day(1).unwrap_or(now).replace_time(time::Time::MIDNIGHT);
-        let spent = store.autoreload_spent_since(account, month_start).await?;
-        if spent.saturating_add(amount) > cap {
-            let reason = format!("the monthly cap of {cap} US cents would be passed ({spent} spent, {amount} needed)");
-            announce_failure(store, &reload, &reason, "monthly_cap").await?;
-            return skip(reason).await;
-        }
+    if state.status == creditflow_domain::AccountStatus::Frozen {
+        return skip("the account is frozen".to_owned()).await;
     }
-    let Some(stripe) = deps.stripe.as_deref() else {
-        return fail(deps, &reload, packs, amount, None, "payments are not configured (stripe.secret_key)").await;
+    // What the reload buys is fixed by its first attempt; later attempts charge the same (one idempotent intent).
+    let (packs, amount) = if let (Some(packs), Some(amount)) = (reload.packs, reload.amount_usd_cents) {
+        (packs, amount)
+    } else {
+        let Some(packs) = packs_to_close(state.balance, threshold, pack.grant) else {
+            return skip(format!("the balance ({} credits) is no longer under the threshold", state.balance)).await;
+        };
+        let amount = pack
+            .price_usd_cents
+            .checked_mul(packs)
+            .ok_or_else(|| JobError::Permanent(format!("autoreload {}: amount out of range", reload.id)))?;
+        if let Some(cap) = settings.monthly_cap_usd_cents {
+            let now = OffsetDateTime::now_utc();
+            let month_start = now.replace_day(1).unwrap_or(now).replace_time(time::Time::MIDNIGHT);
+            let spent = store.autoreload_spent_since(account, month_start).await?;
+            if spent.saturating_add(amount) > cap {
+                let reason =
+                    format!("the monthly cap of {cap} US cents would be passed ({spent} spent, {amount} needed)");
+                announce_failure(store, &reload, &reason, "monthly_cap").await?;
+                return skip(reason).await;
+            }
+        }
+        store.price_autoreload(&reload.id, packs, amount).await?
     };
-    let Some(customer) = store.stripe_customer(account).await? else {
-        return fail(deps, &reload, packs, amount, None, "the account has no Stripe customer (no purchase yet)").await;
+    charge(deps, &reload, pack_id, packs, amount).await
+}
+
+/// One charge attempt of a claimed reload, and what follows from its answer.
+async fn charge(
+    deps: &AutoreloadDeps,
+    reload: &AutoreloadRecord,
+    pack_id: &str,
+    packs: i64,
+    amount: i64,
+) -> Result<Reloaded, JobError> {
+    let store = &deps.fulfilment.store;
+    let Some(stripe) = deps.stripe.as_deref() else {
+        return fail(deps, reload, None, "payments are not configured (stripe.secret_key)").await;
+    };
+    let Some(customer) = store.stripe_customer(&reload.account_id).await? else {
+        return fail(deps, reload, None, "the account has no Stripe customer (no purchase yet)").await;
     };
     let metadata = HashMap::from([
-        (ACCOUNT_METADATA_KEY.to_owned(), account.to_string()),
-        (PACK_METADATA_KEY.to_owned(), pack.id.clone()),
+        (ACCOUNT_METADATA_KEY.to_owned(), reload.account_id.to_string()),
+        (PACK_METADATA_KEY.to_owned(), pack_id.to_owned()),
         (QUANTITY_METADATA_KEY.to_owned(), packs.to_string()),
         (AUTORELOAD_METADATA_KEY.to_owned(), reload.id.clone()),
     ]);
-    let key = format!("creditflow-autoreload-{}", reload.trigger_entry_id);
+    // One key per attempt: a retried attempt replays its charge; a new attempt after a decline is a new charge.
+    let key = format!("creditflow-autoreload-{}-{}", reload.trigger_entry_id, reload.attempts);
     let intent = match stripe.charge_off_session(&customer, amount, metadata.clone(), &key).await {
-        Ok(intent) => intent,
-        Err(error) if error.is_transient() => return Err(JobError::Transient(error.to_string())),
+        Ok(OffSessionCharge::Succeeded(intent)) => intent,
+        Ok(OffSessionCharge::Processing(intent)) => {
+            // Credited when Stripe's payment_intent.succeeded arrives (fulfilment settles the reload then).
+            store.set_autoreload_intent(&reload.id, &intent).await?;
+            return Ok(Reloaded::Processing(intent));
+        }
+        Err(error) if error.is_transient() => {
+            // The charge may have reached Stripe: the same attempt (the same key) is resumed, never a new one.
+            store.release_autoreload(&reload.id, false, &error.to_string()).await?;
+            return Err(JobError::Transient(error.to_string()));
+        }
         Err(error) => {
             let intent = match &error {
                 PaymentError::Declined { payment_intent, .. } => payment_intent.clone(),
                 _ => None,
             };
-            return fail(deps, &reload, packs, amount, intent.as_deref(), &error.to_string()).await;
+            return fail(deps, reload, intent.as_deref(), &error.to_string()).await;
         }
     };
     let metadata = serde_json::to_value(&metadata).unwrap_or_default();
+    // Fulfilment credits once (ledger key `payment:<intent>`) and settles the reload.
     let entry = match fulfil_payment(&intent, amount, "usd", &metadata, &deps.fulfilment).await? {
         Processed::Credited(entry) | Processed::AlreadyCredited(entry) => entry,
         other => return Err(JobError::Permanent(format!("autoreload {} credited nothing: {other:?}", reload.id))),
     };
-    let outcome = AutoreloadOutcome {
-        state: AutoreloadState::Succeeded,
-        packs: Some(packs),
-        amount_usd_cents: Some(amount),
-        payment_intent_id: Some(&intent),
-        reason: None,
-    };
-    store.settle_autoreload(&reload.id, &outcome).await?;
     Ok(Reloaded::Credited(entry))
 }
 
@@ -162,29 +202,34 @@ fn packs_to_close(balance: Millicredits, threshold: Millicredits, grant: Millicr
     Some(packs.clamp(1, QUANTITY_MAX))
 }
 
-/// Records a failed reload, announces it, and after too many in a row turns autoreload off and emails the customer.
+/// Records a failed attempt and announces it. Before the last attempt the reload waits for the next one (the job is
+/// retried with backoff); after it, the reload has failed and autoreload is turned off, with an email to the owner.
 async fn fail(
     deps: &AutoreloadDeps,
     reload: &AutoreloadRecord,
-    packs: i64,
-    amount: i64,
     intent: Option<&str>,
     reason: &str,
 ) -> Result<Reloaded, JobError> {
     let store = &deps.fulfilment.store;
+    announce_failure(store, reload, reason, "charge_failed").await?;
+    if reload.attempts < deps.failures_before_disabling {
+        store.release_autoreload(&reload.id, true, reason).await?;
+        return Err(JobError::Transient(format!(
+            "autoreload {} attempt {} of {} failed: {reason}",
+            reload.id, reload.attempts, deps.failures_before_disabling
+        )));
+    }
     let outcome = AutoreloadOutcome {
         state: AutoreloadState::Failed,
-        packs: Some(packs),
-        amount_usd_cents: Some(amount),
+        packs: None,
+        amount_usd_cents: None,
         payment_intent_id: intent,
         reason: Some(reason),
     };
     store.settle_autoreload(&reload.id, &outcome).await?;
-    announce_failure(store, reload, reason, "charge_failed").await?;
-    let failures = store.autoreload_failures_in_a_row(&reload.account_id).await?;
-    let disabled = failures >= deps.failures_before_disabling && store.disable_autoreload(&reload.account_id).await?;
+    let disabled = store.disable_autoreload(&reload.account_id).await?;
     if disabled {
-        tracing::warn!(account = %reload.account_id, failures, "autoreload turned off after repeated failures");
+        tracing::warn!(account = %reload.account_id, attempts = reload.attempts, "autoreload turned off after repeated failures");
         let email = EmailJob::AutoreloadDisabled(AutoreloadDisabledEmailV1 {
             account_id: reload.account_id.to_string(),
             reload_id: reload.id.clone(),
@@ -207,8 +252,10 @@ async fn announce_failure(
         "autoreloadId": reload.id,
         "code": code,
         "reason": reason,
+        "attempt": reload.attempts,
     });
-    store.announce("autoreload.failed", &format!("evt_autoreload_failed_{}", reload.id), &data).await?;
+    let event_id = format!("evt_autoreload_failed_{}_{}", reload.id, reload.attempts);
+    store.announce("autoreload.failed", &event_id, &data).await?;
     Ok(())
 }
 

@@ -141,10 +141,6 @@ async fn anomaly_check(hour: HourV1, deps: &ScheduledDeps) -> Result<usize, JobE
             continue;
         }
         let average = Millicredits::new(before.get() / 7);
-        if deps.store.record_anomaly(&account, start, spent, average).await? {
-            flagged += 1;
-        }
-        tracing::warn!(%account, spent = %spent, daily_average = %average, "spend anomaly");
         let data = serde_json::json!({
             "accountId": account.as_str(),
             "hourStart": hour.hour_start,
@@ -152,8 +148,11 @@ async fn anomaly_check(hour: HourV1, deps: &ScheduledDeps) -> Result<usize, JobE
             "dailyAverage7dMillicredits": average.get(),
             "ratio": deps.anomaly.ratio,
         });
-        let event_id = format!("evt_anomaly_{}_{}", account.as_str(), hour.hour_start);
-        deps.store.announce("anomaly.detected", &event_id, &data).await?;
+        // Recorded and announced together; an account already flagged for this spike is not flagged again.
+        if deps.store.record_anomaly(&account, start, spent, average, &data).await? {
+            flagged += 1;
+            tracing::warn!(%account, spent = %spent, daily_average = %average, "spend anomaly");
+        }
     }
     Ok(flagged)
 }

@@ -338,6 +338,16 @@ async fn fulfil(payment: &Payment<'_>, deps: &Deps) -> Result<Processed, JobErro
         "creditsMillicredits": entry.amount.get(),
         "balanceMillicredits": entry.balance_after.get(),
     });
+    if let Some(reload_id) = reload {
+        let outcome = creditflow_store::AutoreloadOutcome {
+            state: creditflow_store::AutoreloadState::Succeeded,
+            packs: Some(quantity),
+            amount_usd_cents: Some(payment.amount_cents),
+            payment_intent_id: Some(payment.intent_id),
+            reason: None,
+        };
+        deps.store.settle_autoreload(reload_id, &outcome).await?;
+    }
     let (event_type, event_id) = match reload {
         Some(reload_id) => {
             data["autoreloadId"] = reload_id.into();

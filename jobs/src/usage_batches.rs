@@ -149,7 +149,8 @@ async fn price(
                 continue;
             }
         };
-        if !seen.insert((event.account_id.as_str(), event.event_id.as_str())) {
+        // An id counts as seen once one of its events was accepted: a rejected event does not shadow a valid one.
+        if seen.contains(&(event.account_id.as_str(), event.event_id.as_str())) {
             priced.duplicates += 1;
             continue;
         }
@@ -163,8 +164,14 @@ async fn price(
             continue;
         };
         match event.posting(card, batch_ref) {
-            Ok(Some(posting)) => priced.per_account.entry(account).or_default().push((index, posting)),
-            Ok(None) => priced.free += 1,
+            Ok(Some(posting)) => {
+                seen.insert((event.account_id.as_str(), event.event_id.as_str()));
+                priced.per_account.entry(account).or_default().push((index, posting));
+            }
+            Ok(None) => {
+                seen.insert((event.account_id.as_str(), event.event_id.as_str()));
+                priced.free += 1;
+            }
             Err(rejection) => priced.rejected.push(Rejected::new(index, Some(event), rejection)),
         }
     }

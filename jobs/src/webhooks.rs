@@ -1,4 +1,5 @@
-//! Outgoing webhooks to monitoring endpoints: `balance.low`, `purchase.succeeded` and the events to come.
+//! Outgoing webhooks to monitoring endpoints: `balance.low`, `purchase.succeeded`, `autoreload.succeeded`,
+//! `autoreload.failed`, `anomaly.detected` and `billing.rollup`.
 //!
 //! Each event (recorded once in the outbox) is fanned out by the relay to one [`DeliverWebhookV1`] job per
 //! subscribed endpoint. A delivery POSTs `{"id", "type", "created", "data"}` with

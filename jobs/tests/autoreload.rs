@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use creditflow_domain::{AccountId, AccountSettings, Autoreload, EntryKind, Millicredits, Overdraft, PackCatalog};
 use creditflow_domain::{Posting, PostingOutcome, RateVersion};
+use creditflow_jobs::JobError;
 use creditflow_jobs::autoreload::{AutoreloadDeps, Reloaded, RunAutoreloadV1, run_autoreload};
 use creditflow_jobs::emails::{EmailDeps, EmailJob, Emailed, Mailer, send_email};
 use creditflow_jobs::stripe_events::{Deps, Processed, fulfil_payment};
@@ -111,8 +112,18 @@ async fn a_reload_closes_the_gap_once(backend: TestBackend) {
     debit(&deps, &id, "d1", 1_500_000).await;
     debit(&deps, &id, "d2", 100_000).await;
     let jobs = reload_jobs(&deps, &id).await;
-    assert_eq!(jobs.len(), 1, "one reload in flight however many debits follow");
-    let Reloaded::Credited(entry) = run_autoreload(&jobs[0], &deps).await.expect("ran") else { panic!("credited") };
+    assert_eq!(jobs.len(), 1, "one reload per crossing, however many debits follow");
+    // Two copies of the job at once (two relays pushed it): one charges, the other stands aside.
+    let (first, second) = tokio::join!(run_autoreload(&jobs[0], &deps), run_autoreload(&jobs[0], &deps));
+    let mut credited = None;
+    for outcome in [first, second] {
+        match outcome {
+            Ok(Reloaded::Credited(entry)) => assert!(credited.replace(entry).is_none(), "credited twice"),
+            Ok(Reloaded::AlreadySettled(AutoreloadState::Succeeded)) | Err(JobError::Transient(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let entry = credited.expect("one copy credited");
     assert_eq!(balance(&deps, &id).await, 400_000 + 5_000_000, "one Starter pack closes a 600-credit gap");
     let reload = deps.fulfilment.store.autoreload(&jobs[0].reload_id).await.expect("read").expect("recorded");
     assert_eq!((reload.state, reload.packs, reload.amount_usd_cents), (AutoreloadState::Succeeded, Some(1), Some(500)));
@@ -132,6 +143,10 @@ async fn a_reload_closes_the_gap_once(backend: TestBackend) {
     let credit = deps.fulfilment.store.entry_by_key(&id, &format!("payment:{intent}")).await.expect("read");
     assert_eq!(credit.map(|entry| entry.kind), Some(EntryKind::AutoreloadCredit));
 
+    // A refund taking the balance under the threshold never asks for a reload (it would charge the card again).
+    post(&deps, &id, "refund", EntryKind::RefundDebit, -5_000_000).await;
+    assert_eq!(reload_jobs(&deps, &id).await.len(), 1);
+    post(&deps, &id, "goodwill", EntryKind::Adjustment, 5_000_000).await;
     // A deep overdraft needs three packs in one charge: $15, over what is left of the $15 cap after $5.
     debit(&deps, &id, "d3", 17_400_000).await;
     let jobs = reload_jobs(&deps, &id).await;
@@ -152,25 +167,29 @@ async fn repeated_failures_turn_autoreload_off(backend: TestBackend) {
     let (mut deps, _database) = deps(backend).await;
     deps.failures_before_disabling = 2;
     let id = account(&deps, "pm_card_chargeCustomerFail", None).await;
-    for attempt in 1..=2 {
-        // Under the 1,000-credit threshold from the first debit on.
-        let amount = if attempt == 1 { 1_500_000 } else { 100_000 };
-        debit(&deps, &id, &format!("d{attempt}"), amount).await;
-        let jobs = reload_jobs(&deps, &id).await;
-        assert_eq!(jobs.len(), attempt, "a new reload once the last one settled");
-        let outcome = run_autoreload(&jobs[attempt - 1], &deps).await.expect("ran");
-        let Reloaded::Failed { reason, disabled } = outcome else { panic!("a declined card fails: {outcome:?}") };
-        assert!(reason.contains("declined"), "{reason}");
-        assert_eq!(disabled, attempt == 2, "off after the configured two failures in a row");
-    }
+    debit(&deps, &id, "d1", 1_500_000).await;
+    let jobs = reload_jobs(&deps, &id).await;
+    assert_eq!(jobs.len(), 1);
+    // The declined card is tried again (the job retried with backoff) until the configured attempts are used.
+    let first = run_autoreload(&jobs[0], &deps).await;
+    assert!(matches!(&first, Err(JobError::Transient(reason)) if reason.contains("declined")), "{first:?}");
+    let last = run_autoreload(&jobs[0], &deps).await.expect("ran");
+    let Reloaded::Failed { reason, disabled } = last else { panic!("the last attempt fails for good: {last:?}") };
+    assert!(reason.contains("declined") && disabled, "{reason}");
+    let reload = deps.fulfilment.store.autoreload(&jobs[0].reload_id).await.expect("read").expect("recorded");
+    assert_eq!((reload.state, reload.attempts), (AutoreloadState::Failed, 2));
+    let failures = deps.fulfilment.store.unrelayed_outbox(1_000).await.expect("outbox");
+    let announced = failures.iter().filter(|m| m.payload.contains("autoreload.failed")).count();
+    assert_eq!(announced, 2, "one autoreload.failed per attempt");
     let settings = deps.fulfilment.store.settings(&id).await.expect("settings");
     assert!(!settings.autoreload.enabled);
     let outbox = deps.fulfilment.store.unrelayed_outbox(1_000).await.expect("outbox");
     let emails: Vec<_> =
         outbox.iter().filter(|m| m.queue == EMAILS_QUEUE && m.payload.contains("autoreload_disabled_email")).collect();
     assert_eq!(emails.len(), 1, "the customer is told once");
-    debit(&deps, &id, "d4", 500_000).await;
-    assert_eq!(reload_jobs(&deps, &id).await.len(), 2, "no reload is asked for once it is off");
+    post(&deps, &id, "top-up", EntryKind::Adjustment, 5_000_000).await;
+    debit(&deps, &id, "d2", 5_000_000).await;
+    assert_eq!(reload_jobs(&deps, &id).await.len(), 1, "no reload is asked for once it is off");
 
     // The email job, sent as the emails pool would, arrives in maildev.
     let job: EmailJob = serde_json::from_str(&emails[0].payload).expect("an email job");

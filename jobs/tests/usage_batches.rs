@@ -79,16 +79,18 @@ async fn a_batch_debits_each_good_event_once(backend: TestBackend) {
         event("e6", "bad account!", "m1", 1), // invalid account id
         event("e7", "alice", "m1", 3_000),    // 3 credits: alice to -2 credits, overdraft flagged
         event("e8", "alice", "m1", 0),        // free
+        event("e5", "alice", "m1", 1_000),    // e5 corrected: the rejected copy does not shadow it
     ];
     let job = submit(&deps, Some("batch-1"), &events).await;
     let result = price_usage_batch(&job, &deps).await.expect("processed");
     assert_eq!(
         (result.debited, result.duplicates, result.rejected, result.overdrafts),
-        (5, 1, 3, 2),
-        "debited e1 e2 e3 e7 e8; e1 repeated; e4 e5 e6 rejected; bob and alice's last debit overdrawn"
+        (6, 1, 3, 3),
+        "debited e1 e2 e3 e7 e8 and the corrected e5; e1 repeated; e4, the first e5 and e6 rejected; bob's and \
+         alice's last two debits overdrawn"
     );
-    assert_eq!(result.debited_millicredits, 14_500);
-    assert_eq!(balance(&deps, "alice").await, 10_000 - 12_000);
+    assert_eq!(result.debited_millicredits, 15_500);
+    assert_eq!(balance(&deps, "alice").await, 10_000 - 13_000);
     assert_eq!(balance(&deps, "bob").await, -2_500);
     let rejections: serde_json::Value = serde_json::from_str(&result.rejections).expect("json");
     let codes: Vec<(u64, &str, &str)> = rejections
@@ -111,7 +113,7 @@ async fn a_batch_debits_each_good_event_once(backend: TestBackend) {
 
     // The job again (a redelivery): the stored result, nothing debited twice.
     assert_eq!(price_usage_batch(&job, &deps).await.expect("again"), result);
-    assert_eq!(balance(&deps, "alice").await, -2_000);
+    assert_eq!(balance(&deps, "alice").await, -3_000);
 
     // The same events in a new batch are duplicates; a new event is debited.
     let mut more = events[..3].to_vec();
@@ -119,7 +121,7 @@ async fn a_batch_debits_each_good_event_once(backend: TestBackend) {
     let second = submit(&deps, None, &more).await;
     let again = price_usage_batch(&second, &deps).await.expect("processed");
     assert_eq!((again.debited, again.duplicates, again.rejected), (1, 3, 0));
-    assert_eq!(balance(&deps, "alice").await, -3_000);
+    assert_eq!(balance(&deps, "alice").await, -4_000);
     let totals = deps.store.ledger_totals(None).await.expect("totals");
     assert_eq!(totals.balances, totals.entries, "balances equal the sum of entries");
 
@@ -159,6 +161,28 @@ async fn a_crash_mid_batch_is_finished_by_the_next_run(backend: TestBackend) {
     }
 }
 
+async fn a_batch_whose_job_died_is_failed_until_retried(backend: TestBackend) {
+    let (deps, _database) = deps(backend).await;
+    let job = submit(&deps, None, &[event("x1", "carol", "m1", 2_000)]).await;
+    let store = &deps.store;
+    // What the worker's tracker records when the job runs out of attempts.
+    let queued = creditflow_store::QueuedJob {
+        id: format!("usage_batches:{}", job.batch_id),
+        queue: "usage_batches".into(),
+        payload: serde_json::json!({"batchId": job.batch_id}).to_string(),
+    };
+    assert_eq!(store.start_job_attempt(&queued).await.expect("start"), creditflow_store::Attempt::Run(1));
+    store.end_job_attempt(&queued.id, 1, creditflow_store::AttemptEnd::Dead("database gone")).await.expect("end");
+    let failed = store.usage_batch(&job.batch_id).await.expect("read").expect("exists");
+    assert_eq!((failed.status, failed.last_error.as_deref()), (BatchStatus::Failed, Some("database gone")));
+    // An operator retries the job; it runs and finishes the batch.
+    store.retry_job(&queued.id).await.expect("answered").expect("retried");
+    let result = price_usage_batch(&job, &deps).await.expect("processed");
+    assert_eq!(result.debited, 1);
+    let done = store.usage_batch(&job.batch_id).await.expect("read").expect("exists");
+    assert_eq!(done.status, BatchStatus::Completed);
+}
+
 macro_rules! on_both_backends {
     ($($test:ident),* $(,)?) => {
         mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(creditflow_testkit::TestBackend::Sqlite).await } )* }
@@ -166,4 +190,8 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(a_batch_debits_each_good_event_once, a_crash_mid_batch_is_finished_by_the_next_run);
+on_both_backends!(
+    a_batch_debits_each_good_event_once,
+    a_crash_mid_batch_is_finished_by_the_next_run,
+    a_batch_whose_job_died_is_failed_until_retried
+);

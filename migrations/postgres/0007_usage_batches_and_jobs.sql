@@ -6,7 +6,7 @@ CREATE TABLE usage_batches (
     id                   TEXT PRIMARY KEY,
     submitted_by         TEXT NOT NULL,
     idempotency_key      TEXT,
-    status               TEXT NOT NULL CHECK (status IN ('accepted', 'processing', 'completed')),
+    status               TEXT NOT NULL CHECK (status IN ('accepted', 'processing', 'completed', 'failed')),
     event_count          BIGINT NOT NULL,
     events               TEXT NOT NULL,
     debited_count        BIGINT NOT NULL DEFAULT 0,
@@ -15,6 +15,7 @@ CREATE TABLE usage_batches (
     overdraft_count      BIGINT NOT NULL DEFAULT 0,
     debited_millicredits BIGINT NOT NULL DEFAULT 0,
     rejections           TEXT,
+    last_error           TEXT,
     created_at           TIMESTAMPTZ NOT NULL,
     completed_at         TIMESTAMPTZ
 );

@@ -6,7 +6,7 @@ CREATE TABLE usage_batches (
     id                   TEXT PRIMARY KEY NOT NULL,
     submitted_by         TEXT NOT NULL,
     idempotency_key      TEXT,
-    status               TEXT NOT NULL CHECK (status IN ('accepted', 'processing', 'completed')),
+    status               TEXT NOT NULL CHECK (status IN ('accepted', 'processing', 'completed', 'failed')),
     event_count          INTEGER NOT NULL,
     events               TEXT NOT NULL,
     debited_count        INTEGER NOT NULL DEFAULT 0,
@@ -15,6 +15,7 @@ CREATE TABLE usage_batches (
     overdraft_count      INTEGER NOT NULL DEFAULT 0,
     debited_millicredits INTEGER NOT NULL DEFAULT 0,
     rejections           TEXT,
+    last_error           TEXT,
     created_at           TEXT NOT NULL,
     completed_at         TEXT
 ) STRICT;

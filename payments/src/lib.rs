@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::TryStreamExt as _;
-use stripe::{ApiErrorsCode, Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest as _};
+use stripe::{
+    ApiErrorsCode, ApiErrorsType, Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError,
+    StripeRequest as _,
+};
 use stripe_core::charge::ListCharge;
 use stripe_core::customer::CreateCustomer;
 use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession};
@@ -35,6 +38,9 @@ pub enum PaymentError {
     /// The customer has no card saved for off-session charges.
     #[error("the customer has no saved card")]
     NoPaymentMethod,
+    /// The idempotency key was used before with other parameters: the caller reused a key for something else.
+    #[error("the idempotency key was used for a different request")]
+    KeyReused,
     /// Stripe refused the request (a bug or a configuration problem; retrying will not help).
     #[error("Stripe refused the request ({status}): {message}")]
     Rejected {
@@ -61,11 +67,14 @@ impl From<StripeError> for PaymentError {
             StripeError::Stripe(details, status) => {
                 let message = details.message.clone().unwrap_or_else(|| format!("{:?}", details.type_));
                 let declined = status == 402 || details.code == Some(ApiErrorsCode::CardDeclined);
-                if declined {
+                if details.type_ == ApiErrorsType::IdempotencyError && status == 400 {
+                    Self::KeyReused
+                } else if declined {
                     let reason = details.decline_code.clone().unwrap_or(message);
                     let payment_intent = details.payment_intent.as_ref().map(|intent| intent.id.to_string());
                     Self::Declined { reason, payment_intent }
-                } else if status == 429 || status >= 500 {
+                } else if status == 409 || status == 429 || status >= 500 {
+                    // 409: a request with the same idempotency key is still running at Stripe; try again later.
                     Self::Unavailable(format!("{status}: {message}"))
                 } else {
                     Self::Rejected { status, message }
@@ -85,6 +94,15 @@ pub struct CreatedIntent {
     pub id: String,
     /// What the browser confirms the payment with (Stripe.js).
     pub client_secret: String,
+}
+
+/// An off-session charge Stripe accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OffSessionCharge {
+    /// Paid: the PaymentIntent.
+    Succeeded(String),
+    /// Accepted but not settled yet (some payment methods take days): its outcome arrives as a webhook.
+    Processing(String),
 }
 
 /// A charge, as the reconciliation reads it.
@@ -157,7 +175,8 @@ impl Stripe {
         Ok(customer.id.to_string())
     }
 
-    /// A PaymentIntent of `amount_cents` USD for `customer`, carrying `metadata`, for the browser to confirm.
+    /// A PaymentIntent of `amount_cents` USD for `customer`, carrying `metadata`, for the browser to confirm; the
+    /// card it is paid with is saved on the customer for later off-session charges (autoreload).
     pub async fn create_payment_intent(
         &self,
         customer: &str,
@@ -168,6 +187,8 @@ impl Stripe {
         let intent = CreatePaymentIntent::new(amount_cents, Currency::USD)
             .customer(customer)
             .allowed_payment_method_types(vec![PaymentIntentAllowedPaymentMethodTypes::Card])
+            // The card is saved on the customer for autoreload's off-session charges.
+            .setup_future_usage(stripe_core::PaymentIntentSetupFutureUsage::OffSession)
             .metadata(metadata)
             .customize()
             .request_strategy(idempotency(idempotency_key)?)
@@ -180,15 +201,15 @@ impl Stripe {
         Ok(CreatedIntent { id: intent.id.to_string(), client_secret })
     }
 
-    /// Charges `customer`'s saved card `amount_cents` USD now, without the customer present. Returns the
-    /// succeeded PaymentIntent's id; the same `idempotency_key` never charges twice.
+    /// Charges `customer`'s saved card `amount_cents` USD now, without the customer present; the same
+    /// `idempotency_key` never charges twice.
     pub async fn charge_off_session(
         &self,
         customer: &str,
         amount_cents: i64,
         metadata: HashMap<String, String>,
         idempotency_key: &str,
-    ) -> Result<String, PaymentError> {
+    ) -> Result<OffSessionCharge, PaymentError> {
         let cards =
             ListPaymentMethod::new().customer(customer).type_(ListPaymentMethodType::Card).send(&self.client).await?;
         let card = cards.data.first().ok_or(PaymentError::NoPaymentMethod)?;
@@ -203,7 +224,8 @@ impl Stripe {
             .send(&self.client)
             .await?;
         match intent.status {
-            PaymentIntentStatus::Succeeded | PaymentIntentStatus::Processing => Ok(intent.id.to_string()),
+            PaymentIntentStatus::Succeeded => Ok(OffSessionCharge::Succeeded(intent.id.to_string())),
+            PaymentIntentStatus::Processing => Ok(OffSessionCharge::Processing(intent.id.to_string())),
             other => Err(PaymentError::Declined {
                 reason: format!("the payment is {other:?}, not succeeded"),
                 payment_intent: Some(intent.id.to_string()),

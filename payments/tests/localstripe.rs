@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use creditflow_payments::{PaymentError, Stripe};
+use creditflow_payments::{OffSessionCharge, PaymentError, Stripe};
 use creditflow_testkit::stripe_url;
 
 const KEY: &str = "sk_test_creditflow";
@@ -49,13 +49,16 @@ async fn customers_intents_and_off_session_charges() {
 
     attach("pm_card_visa", &customer).await;
     let key = format!("{account}-r1");
-    let paid = stripe.charge_off_session(&customer, 700, metadata(&account), &key).await.expect("charged");
+    let charged = stripe.charge_off_session(&customer, 700, metadata(&account), &key).await.expect("charged");
+    let OffSessionCharge::Succeeded(paid) = charged.clone() else { panic!("a card payment succeeds at once") };
     let replay = stripe.charge_off_session(&customer, 700, metadata(&account), &key).await.expect("replayed");
-    assert_eq!(replay, paid, "the same key never charges twice");
+    assert_eq!(replay, charged, "the same key never charges twice");
+    let other = stripe.charge_off_session(&customer, 900, metadata(&account), &key).await;
+    assert!(matches!(other, Err(PaymentError::KeyReused)), "the key with another amount: {other:?}");
 
     let now = time_now();
-    let charges = stripe.charges_between(now - 600, now + 60).await.expect("charges");
-    let ours: Vec<_> = charges.iter().filter(|c| c.payment_intent.as_deref() == Some(paid.as_str())).collect();
+    let listed = stripe.charges_between(now - 600, now + 60).await.expect("charges");
+    let ours: Vec<_> = listed.iter().filter(|c| c.payment_intent.as_deref() == Some(paid.as_str())).collect();
     assert_eq!(ours.len(), 1, "one charge for the off-session payment");
     assert_eq!((ours[0].amount, ours[0].currency.as_str(), ours[0].paid), (700, "usd", true));
 }

@@ -127,33 +127,54 @@ impl Store {
             .collect()
     }
 
-    /// Records an anomaly once per account and hour; true when it is new.
+    /// Records an anomaly unless the account was flagged in the 24 hours before `hour_start` (one spike stays in the
+    /// sliding 24-hour window for a day: it is one anomaly), and in the same transaction announces it to the
+    /// monitoring webhooks as `anomaly.detected` with `data`; true when it is new.
     pub async fn record_anomaly(
         &self,
         account_id: &AccountId,
         hour_start: OffsetDateTime,
         spent_24h: Millicredits,
         daily_average: Millicredits,
+        data: &serde_json::Value,
     ) -> Result<bool, StoreError> {
         let sql = "INSERT INTO anomalies (account_id, hour_start, spent_24h_millicredits, daily_average_millicredits, \
-                   detected_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, hour_start) DO NOTHING";
-        let inserted = on_backend!(self, |pool, _dialect| {
-            sqlx::query(sql)
+                   detected_at) SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM anomalies \
+                   WHERE account_id = $1 AND hour_start > $6 AND hour_start <= $2) \
+                   ON CONFLICT (account_id, hour_start) DO NOTHING";
+        let announce = "INSERT INTO outbox (queue, payload, created_at, dedupe_key) VALUES ($1, $2, $3, $4) \
+                        ON CONFLICT (dedupe_key) DO NOTHING";
+        let event_id = format!("evt_anomaly_{}_{}", account_id.as_str(), hour_start.unix_timestamp());
+        let payload = crate::inbox::webhook_event("anomaly.detected", &event_id, data);
+        let now = Timestamp::now();
+        on_backend!(write self, |tx, _dialect| {
+            let inserted = sqlx::query(sql)
                 .bind(account_id.as_str())
                 .bind(Timestamp::from(hour_start))
                 .bind(spent_24h.get())
                 .bind(daily_average.get())
-                .bind(Timestamp::now())
-                .execute(pool)
+                .bind(now)
+                .bind(Timestamp::from(hour_start - time::Duration::DAY))
+                .execute(&mut *tx)
                 .await?
-                .rows_affected()
-        });
-        Ok(inserted == 1)
+                .rows_affected();
+            if inserted == 1 {
+                sqlx::query(announce)
+                    .bind(crate::inbox::WEBHOOK_EVENTS_QUEUE)
+                    .bind(payload.as_str())
+                    .bind(now)
+                    .bind(event_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Ok(inserted == 1)
+        })
     }
 
-    /// Anomalies detected since `since`.
+    /// Accounts flagged as anomalies since `since`.
     pub async fn anomalies_since(&self, since: OffsetDateTime) -> Result<i64, StoreError> {
-        let sql = "SELECT COUNT(*) FROM anomalies WHERE detected_at >= $1";
+        let sql = "SELECT COUNT(DISTINCT account_id) FROM anomalies WHERE detected_at >= $1";
         let count: i64 = on_backend!(self, |pool, _dialect| {
             sqlx::query_scalar(sql).bind(Timestamp::from(since)).fetch_one(pool).await?
         });

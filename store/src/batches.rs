@@ -21,6 +21,8 @@ pub enum BatchStatus {
     Processing,
     /// Every event was debited, found to be a duplicate, or rejected.
     Completed,
+    /// Its job died (see `last_error`); the events it debited stay debited, and retrying the job finishes it.
+    Failed,
 }
 
 impl BatchStatus {
@@ -30,11 +32,14 @@ impl BatchStatus {
             Self::Accepted => "accepted",
             Self::Processing => "processing",
             Self::Completed => "completed",
+            Self::Failed => "failed",
         }
     }
 
     fn parse(text: &str) -> Option<Self> {
-        [Self::Accepted, Self::Processing, Self::Completed].into_iter().find(|status| status.as_str() == text)
+        [Self::Accepted, Self::Processing, Self::Completed, Self::Failed]
+            .into_iter()
+            .find(|status| status.as_str() == text)
     }
 }
 
@@ -72,6 +77,8 @@ pub struct UsageBatch {
     pub created_at: OffsetDateTime,
     /// When its job finished.
     pub completed_at: Option<OffsetDateTime>,
+    /// Why its job died, when it did.
+    pub last_error: Option<String>,
 }
 
 /// The answer to submitting a batch.
@@ -97,6 +104,7 @@ struct BatchRow {
     overdraft_count: i64,
     debited_millicredits: i64,
     rejections: Option<String>,
+    last_error: Option<String>,
     created_at: Timestamp,
     completed_at: Option<Timestamp>,
 }
@@ -104,7 +112,7 @@ struct BatchRow {
 macro_rules! batch_columns {
     () => {
         "id, submitted_by, status, event_count, debited_count, duplicate_count, rejected_count, overdraft_count, \
-         debited_millicredits, rejections, created_at, completed_at"
+         debited_millicredits, rejections, last_error, created_at, completed_at"
     };
 }
 const SELECT_BATCH: &str = concat!("SELECT ", batch_columns!(), " FROM usage_batches WHERE id = $1");
@@ -146,6 +154,7 @@ impl TryFrom<BatchRow> for UsageBatch {
             result,
             created_at: row.created_at.get(),
             completed_at: row.completed_at.map(Timestamp::get),
+            last_error: row.last_error,
         })
     }
 }
@@ -204,6 +213,7 @@ impl Store {
             result: None,
             created_at: now.get(),
             completed_at: None,
+            last_error: None,
         };
         Ok(BatchSubmitted::New(batch))
     }
@@ -215,9 +225,11 @@ impl Store {
         row.map(UsageBatch::try_from).transpose()
     }
 
-    /// A batch's events (JSON), for its job; marks it processing unless it has completed.
+    /// A batch's events (JSON), for its job; marks it processing unless it has completed (a failed batch is being
+    /// retried).
     pub async fn start_usage_batch(&self, id: &str) -> Result<Option<(UsageBatch, String)>, StoreError> {
-        let update = "UPDATE usage_batches SET status = 'processing' WHERE id = $1 AND status = 'accepted'";
+        let update =
+            "UPDATE usage_batches SET status = 'processing' WHERE id = $1 AND status IN ('accepted', 'failed')";
         let row: Option<WithEvents> = on_backend!(self, |pool, _dialect| {
             sqlx::query(update).bind(id).execute(pool).await?;
             sqlx::query_as(SELECT_BATCH_WITH_EVENTS).bind(id).fetch_optional(pool).await?

@@ -174,6 +174,43 @@ const SELECT_JOB: &str =
 const INSERT_QUEUED: &str = "INSERT INTO jobs (id, queue, payload, state, attempts, created_at, updated_at) \
      VALUES ($1, $2, $3, 'pending', 0, $4, $4) ON CONFLICT (id) DO NOTHING";
 
+/// Settles what a job owned once it will not run again (dead, or discarded), so nothing waits on it forever: a usage
+/// batch is marked failed (retrying the job finishes it), an autoreload in flight has failed (the account can ask
+/// for a new one). Runs in the transaction that ends the job.
+macro_rules! release_owned {
+    ($tx:ident, $queue:expr, $payload:expr, $reason:expr, $now:expr) => {{
+        let payload: serde_json::Value = serde_json::from_str($payload).unwrap_or_default();
+        match $queue.as_str() {
+            USAGE_BATCHES_QUEUE => {
+                if let Some(batch) = payload["batchId"].as_str() {
+                    sqlx::query(
+                        "UPDATE usage_batches SET status = 'failed', last_error = $2 \
+                         WHERE id = $1 AND status IN ('accepted', 'processing')",
+                    )
+                    .bind(batch)
+                    .bind($reason)
+                    .execute(&mut *$tx)
+                    .await?;
+                }
+            }
+            AUTORELOADS_QUEUE => {
+                if let Some(reload) = payload["reloadId"].as_str() {
+                    sqlx::query(
+                        "UPDATE autoreloads SET state = 'failed', reason = $2, updated_at = $3 \
+                         WHERE id = $1 AND state IN ('pending', 'charging')",
+                    )
+                    .bind(reload)
+                    .bind($reason)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await?;
+                }
+            }
+            _ => {}
+        }
+    }};
+}
+
 impl Store {
     /// Marks an outbox message relayed and records the jobs it became, in one transaction.
     pub async fn mark_outbox_relayed_as(&self, outbox_id: i64, jobs: &[QueuedJob]) -> Result<(), StoreError> {
@@ -222,17 +259,30 @@ impl Store {
         })
     }
 
-    /// Records how an attempt ended. An operator's discard made meanwhile stands.
-    pub async fn end_job_attempt(&self, id: &str, end: AttemptEnd<'_>) -> Result<(), StoreError> {
+    /// Records how attempt number `attempt` ended, unless the record moved on meanwhile (a later attempt started,
+    /// another copy finished, an operator discarded it): a stale copy never overwrites a newer state.
+    pub async fn end_job_attempt(&self, id: &str, attempt: i64, end: AttemptEnd<'_>) -> Result<(), StoreError> {
         let (state, error) = match end {
             AttemptEnd::Done => (JobState::Done, None),
             AttemptEnd::Retrying(error) => (JobState::Retrying, Some(error)),
             AttemptEnd::Dead(error) => (JobState::Dead, Some(error)),
         };
         let sql = "UPDATE jobs SET state = $2, last_error = COALESCE($3, last_error), updated_at = $4 \
-                   WHERE id = $1 AND state <> 'discarded'";
-        on_backend!(self, |pool, _dialect| {
-            sqlx::query(sql).bind(id).bind(state.as_str()).bind(error).bind(Timestamp::now()).execute(pool).await?;
+                   WHERE id = $1 AND state = 'running' AND attempts = $5 RETURNING queue, payload";
+        let now = Timestamp::now();
+        on_backend!(write self, |tx, _dialect| {
+            let ended: Option<(String, String)> = sqlx::query_as(sql)
+                .bind(id)
+                .bind(state.as_str())
+                .bind(error)
+                .bind(now)
+                .bind(attempt)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let (Some((queue, payload)), JobState::Dead) = (&ended, state) {
+                release_owned!(tx, queue, payload, error.unwrap_or("the job died"), now);
+            }
+            tx.commit().await?;
         });
         Ok(())
     }
@@ -312,6 +362,9 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            if to == JobState::Discarded {
+                release_owned!(tx, &job.queue, &job.payload, "an operator discarded the job", now);
+            }
             if to == JobState::Pending {
                 sqlx::query("INSERT INTO outbox (queue, payload, created_at) VALUES ($1, $2, $3)")
                     .bind(job.queue.as_str())

@@ -27,7 +27,7 @@ use sqlx::{Pool, Postgres, Sqlite};
 pub use accounts::Account;
 pub use activity::{FailureCounts, KindTotal, ModelUsage};
 pub use audit::{AuditRecord, NewAuditRecord};
-pub use autoreloads::{AUTORELOADS_QUEUE, AutoreloadOutcome, AutoreloadRecord, AutoreloadState};
+pub use autoreloads::{AUTORELOADS_QUEUE, AutoreloadClaim, AutoreloadOutcome, AutoreloadRecord, AutoreloadState};
 pub use batches::{BatchResult, BatchStatus, BatchSubmitted, USAGE_BATCHES_QUEUE, UsageBatch};
 pub use connect::redact_url;
 pub use error::StoreError;

@@ -354,7 +354,7 @@ struct GroupPlan {
     outcomes: Vec<PostingOutcome>,
     created: Vec<Entry>,
     notices: Vec<(&'static str, String, Option<String>)>,
-    /// The debit that left the balance under the autoreload threshold, when one did.
+    /// The usage debit that took the balance under the autoreload threshold, when one did.
     reload: Option<String>,
 }
 
@@ -387,6 +387,7 @@ fn plan_group(
         notices: Vec::new(),
         reload: None,
     };
+    let mut reload_crossing = None;
     for posting in postings {
         let previous = existing.get(&posting.idempotency_key).cloned();
         let spent_now = posting.spend_cap.and_then(|cap| spent.get(&cap.window_start).copied());
@@ -414,6 +415,16 @@ fn plan_group(
             created_at: now,
         };
         let balance_before = state.map_or(Millicredits::ZERO, |account| account.balance);
+        // A usage debit that takes the balance from at or above the autoreload threshold to under it asks for one
+        // reload (the store refuses a second while one is in flight). Refunds and adjustments never do: a refunded
+        // reload must not charge the card again.
+        if let Some(below) = reload_below
+            && entry.kind == EntryKind::UsageDebit
+            && balance_before >= below
+            && entry.balance_after < below
+        {
+            reload_crossing = Some(entry.id.clone());
+        }
         if let Some(notice) = low_balance_notice(&entry, balance_before, threshold) {
             let event_id = format!("evt_low_{}", entry.id);
             let data = serde_json::from_str(&notice).unwrap_or_default();
@@ -434,13 +445,6 @@ fn plan_group(
         plan.created.push(entry.clone());
         plan.outcomes.push(PostingOutcome::Created(entry));
     }
-    // A debit that leaves the balance under the autoreload threshold asks for one reload (the store refuses a
-    // second while one is pending for the account).
-    let last_debit = plan.created.iter().rev().find(|entry| entry.amount.is_negative());
-    if let (Some(below), Some(debit), Some(account)) = (reload_below, last_debit, state)
-        && account.balance < below
-    {
-        plan.reload = Some(debit.id.clone());
-    }
+    plan.reload = reload_crossing;
     plan
 }

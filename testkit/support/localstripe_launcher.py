@@ -53,11 +53,14 @@ _pi_init = R.PaymentIntent.__init__
 
 
 def _pi_init_patched(self, payment_method_types=None, allowed_payment_method_types=None,
-                     automatic_payment_methods=None, description=None, **kwargs):
+                     automatic_payment_methods=None, description=None, setup_future_usage=None,
+                     **kwargs):
     # localstripe rejects `allowed_payment_method_types` (the 2026 API's create parameter,
-    # which async-stripe 1.0 sends), `automatic_payment_methods` and `description`
-    # ("Unexpected ..."), and drops the older `payment_method_types`: accept and keep them.
+    # which async-stripe 1.0 sends), `automatic_payment_methods`, `description` and
+    # `setup_future_usage` ("Unexpected ..."), and drops the older `payment_method_types`:
+    # accept and keep them.
     _pi_init(self, **kwargs)
+    self.setup_future_usage = setup_future_usage
     self.allowed_payment_method_types = allowed_payment_method_types
     self.payment_method_types = (allowed_payment_method_types or payment_method_types
                                  or ['card'])
@@ -76,6 +79,7 @@ _pi_export = R.PaymentIntent._export
 
 def _pi_export_patched(self, expand=None):
     obj = _pi_export(self, expand=expand)
+    obj['setup_future_usage'] = getattr(self, 'setup_future_usage', None)
     # Legacy `charges` list (removed from the API in 2022-11-15).
     obj.pop('charges', None)
     # `latest_charge` is an id string unless the caller asked for ?expand[]=latest_charge.

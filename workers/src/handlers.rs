@@ -45,27 +45,33 @@ impl Tracker {
         match work.await {
             Ok(outcome) => {
                 tracing::info!(job = %queued.id, attempt, ?outcome, "job done");
-                self.finish(&queued.id, AttemptEnd::Done, Ok(())).await
+                self.finish(&queued.id, attempt, AttemptEnd::Done, Ok(())).await
             }
             Err(JobError::Permanent(reason)) => {
                 tracing::error!(job = %queued.id, attempt, %reason, "job failed for good");
-                self.finish(&queued.id, AttemptEnd::Dead(&reason), Err(abort(&reason))).await
+                self.finish(&queued.id, attempt, AttemptEnd::Dead(&reason), Err(abort(&reason))).await
             }
             Err(JobError::Transient(reason)) if attempt >= self.max_attempts => {
                 tracing::error!(job = %queued.id, attempt, %reason, "job out of attempts; dead");
-                self.finish(&queued.id, AttemptEnd::Dead(&reason), Err(abort(&reason))).await
+                self.finish(&queued.id, attempt, AttemptEnd::Dead(&reason), Err(abort(&reason))).await
             }
             Err(JobError::Transient(reason)) => {
                 tracing::warn!(job = %queued.id, attempt, %reason, "job failed; will retry");
-                self.finish(&queued.id, AttemptEnd::Retrying(&reason), Err(reason.clone().into())).await
+                self.finish(&queued.id, attempt, AttemptEnd::Retrying(&reason), Err(reason.clone().into())).await
             }
         }
     }
 
-    async fn finish(&self, id: &str, end: AttemptEnd<'_>, answer: Result<(), BoxDynError>) -> Result<(), BoxDynError> {
-        if let Err(error) = self.store.end_job_attempt(id, end).await {
-            // The work is done or failed either way; the record stays `running` and the next delivery (apalis
-            // re-queues jobs whose worker vanished) corrects it.
+    async fn finish(
+        &self,
+        id: &str,
+        attempt: i64,
+        end: AttemptEnd<'_>,
+        answer: Result<(), BoxDynError>,
+    ) -> Result<(), BoxDynError> {
+        if let Err(error) = self.store.end_job_attempt(id, attempt, end).await {
+            // The work is done or failed either way; the record stays `running` until the job's next delivery (a
+            // retry, or an operator's) records again. Operators see it as running with its last update time.
             tracing::warn!(job = %id, %error, "cannot record the end of the job's attempt");
         }
         answer

@@ -34,7 +34,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 pub use creditflow_jobs::webhooks::WEBHOOKS_QUEUE;
 pub use relay::relay_once;
-pub use scheduler::schedule_once;
+pub use scheduler::{schedule_hours, schedule_once};
 
 /// How often workers tell the queue they are alive, unless configured otherwise.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);

@@ -1,5 +1,7 @@
 //! The scheduler: records each finished hour's rollup and anomaly check in the outbox, once per hour whatever the
-//! number of worker processes (the outbox's dedupe key), and catches up on the last hour after a restart.
+//! number of worker processes (the outbox's dedupe key). An hour is scheduled a little after it ends, so debits
+//! stamped in its last moments but committed just after are in it; on start, the last day is caught up (hours that
+//! passed while no worker ran), the dedupe keys skipping those already done.
 
 use std::time::Duration;
 
@@ -8,23 +10,39 @@ use creditflow_store::{SCHEDULED_QUEUE, Store};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-/// Records the jobs of the last finished hour before `now`; returns them.
-pub async fn schedule_once(store: &Store, now: OffsetDateTime) -> Result<Vec<ScheduledJob>, String> {
-    let this_hour = now.unix_timestamp() - now.unix_timestamp().rem_euclid(3_600);
-    let hour = HourV1 { hour_start: this_hour - 3_600 };
-    let jobs = vec![ScheduledJob::BillingRollup(hour), ScheduledJob::AnomalyCheck(hour)];
-    for job in &jobs {
-        let payload = serde_json::to_string(job).map_err(|error| error.to_string())?;
-        store.enqueue_once(SCHEDULED_QUEUE, &payload, &job.dedupe_key()).await.map_err(|error| error.to_string())?;
+/// How long after an hour ends its jobs are recorded.
+const SETTLE: time::Duration = time::Duration::minutes(2);
+/// Hours caught up on start.
+const CATCH_UP_HOURS: i64 = 24;
+
+/// Records the jobs of the last `hours` finished hours before `now` (oldest first); returns them.
+pub async fn schedule_hours(store: &Store, now: OffsetDateTime, hours: i64) -> Result<Vec<ScheduledJob>, String> {
+    let ready = (now - SETTLE).unix_timestamp();
+    let current = ready - ready.rem_euclid(3_600);
+    let mut jobs = Vec::new();
+    for back in (1..=hours.max(1)).rev() {
+        let hour = HourV1 { hour_start: current - back * 3_600 };
+        for job in [ScheduledJob::BillingRollup(hour), ScheduledJob::AnomalyCheck(hour)] {
+            let payload = serde_json::to_string(&job).map_err(|error| error.to_string())?;
+            store.enqueue_once(SCHEDULED_QUEUE, &payload, &job.dedupe_key()).await.map_err(|e| e.to_string())?;
+            jobs.push(job);
+        }
     }
     Ok(jobs)
 }
 
-/// Schedules every `interval` until `stop` says so.
+/// Records the jobs of the last finished hour before `now`; returns them.
+pub async fn schedule_once(store: &Store, now: OffsetDateTime) -> Result<Vec<ScheduledJob>, String> {
+    schedule_hours(store, now, 1).await
+}
+
+/// Schedules every `interval` until `stop` says so, catching up on the last day first.
 pub(crate) async fn run(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut hours = CATCH_UP_HOURS;
     loop {
-        if let Err(error) = schedule_once(&store, OffsetDateTime::now_utc()).await {
-            tracing::warn!(%error, "cannot record the hourly jobs; retrying");
+        match schedule_hours(&store, OffsetDateTime::now_utc(), hours).await {
+            Ok(_) => hours = 1,
+            Err(error) => tracing::warn!(%error, "cannot record the hourly jobs; retrying"),
         }
         tokio::select! {
             changed = stop.changed() => if changed.is_err() || *stop.borrow() { return },

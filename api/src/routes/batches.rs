@@ -72,8 +72,11 @@ pub(crate) struct BatchRejection {
 pub(crate) struct BatchView {
     /// Batch id (`ubt_...`).
     id: String,
-    /// `accepted`, `processing` or `completed`.
+    /// `accepted`, `processing`, `completed`, or `failed` (its job died: see `lastError`; an operator's retry of the
+    /// job finishes it, and events already debited stay debited once).
     status: String,
+    /// Why processing failed, when it did.
+    last_error: Option<String>,
     /// Events in the batch.
     event_count: i64,
     /// Events debited (including any priced at zero). Set once completed.
@@ -185,6 +188,7 @@ fn view(batch: UsageBatch) -> Result<BatchView, ApiError> {
     Ok(BatchView {
         id: batch.id,
         status: batch.status.as_str().to_owned(),
+        last_error: batch.last_error,
         event_count: batch.event_count,
         debited_count: result.as_ref().map(|r| r.debited),
         duplicate_count: result.as_ref().map(|r| r.duplicates),

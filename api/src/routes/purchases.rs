@@ -72,8 +72,10 @@ pub(crate) enum PurchaseResponse {
 impl PurchasesApi {
     /// Start buying a credit pack: returns a Stripe PaymentIntent's client secret to confirm in the browser.
     ///
-    /// 422 `unknown_pack` names the packs on sale; 503 `stripe_not_configured` when this deployment sells nothing,
-    /// 503 `payment_provider_unavailable` when Stripe cannot be reached (retry with the same idempotency key).
+    /// 422 `unknown_pack` names the packs on sale; 409 `idempotency_conflict` when the key was used for another
+    /// purchase; 503 `stripe_not_configured` when this deployment sells nothing, 503 `payment_provider_unavailable`
+    /// when Stripe cannot be reached (retry with the same idempotency key), 502 `payment_provider_error` when Stripe
+    /// refuses.
     #[oai(path = "/api/purchases", method = "post")]
     async fn purchase(
         &self,
@@ -140,12 +142,14 @@ impl PurchasesApi {
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(unavailable)`
 fn unavailable(error: PaymentError) -> ApiError {
     tracing::warn!(%error, "a Stripe call for a purchase failed");
-    let (code, message) = match error {
-        PaymentError::Unavailable(_) => (
-            "payment_provider_unavailable",
-            "the payment provider cannot be reached; retry with the same idempotency key",
-        ),
-        _ => ("payment_provider_error", "the payment provider refused the request; contact support"),
-    };
-    ApiError::Unavailable(Json(ErrorBody::new(code, message)))
+    if matches!(error, PaymentError::KeyReused) {
+        let message = "this idempotency key was already used for a different purchase";
+        return ApiError::Conflict(Json(ErrorBody::new("idempotency_conflict", message)));
+    }
+    if matches!(error, PaymentError::Unavailable(_)) {
+        let message = "the payment provider cannot be reached; retry with the same idempotency key";
+        return ApiError::Unavailable(Json(ErrorBody::new("payment_provider_unavailable", message)));
+    }
+    let message = "the payment provider refused the request; contact support";
+    ApiError::BadGateway(Json(ErrorBody::new("payment_provider_error", message)))
 }

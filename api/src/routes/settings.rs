@@ -14,7 +14,8 @@ use crate::security::BearerAuth;
 
 pub(crate) struct SettingsApi;
 
-/// Automatic top-ups: when a debit leaves the balance under the threshold, one pack is bought off-session.
+/// Automatic top-ups: when a usage debit takes the balance under the threshold, the saved card is charged off-session
+/// for as many packs as close the gap (within the monthly cap).
 #[derive(Debug, Default, Object)]
 #[oai(rename_all = "camelCase")]
 pub(crate) struct AutoreloadSettings {

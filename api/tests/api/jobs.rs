@@ -11,7 +11,7 @@ async fn record(app: &TestApp, id: &str, queue: &str, end: Option<AttemptEnd<'_>
     let job = QueuedJob { id: id.to_owned(), queue: queue.to_owned(), payload: json!({"eventId": id}).to_string() };
     assert_eq!(app.store.start_job_attempt(&job).await.expect("start"), Attempt::Run(1));
     if let Some(end) = end {
-        app.store.end_job_attempt(id, end).await.expect("end");
+        app.store.end_job_attempt(id, 1, end).await.expect("end");
     }
 }
 
