@@ -287,6 +287,16 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes the records of jobs done before `before` (the work they did is in the ledger and the audit log);
+    /// returns how many. Failed, dead and discarded records stay for operators.
+    pub async fn prune_done_jobs(&self, before: time::OffsetDateTime) -> Result<u64, StoreError> {
+        let sql = "DELETE FROM jobs WHERE state = 'done' AND updated_at < $1";
+        let deleted = on_backend!(self, |pool, _dialect| {
+            sqlx::query(sql).bind(Timestamp::from(before)).execute(pool).await?.rows_affected()
+        });
+        Ok(deleted)
+    }
+
     /// Jobs per queue and state.
     pub async fn job_counts(&self) -> Result<Vec<(String, JobState, i64)>, StoreError> {
         let sql = "SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state ORDER BY queue, state";

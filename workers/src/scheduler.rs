@@ -1,7 +1,8 @@
 //! The scheduler: records each finished hour's rollup and anomaly check in the outbox, once per hour whatever the
 //! number of worker processes (the outbox's dedupe key). An hour is scheduled a little after it ends, so debits
 //! stamped in its last moments but committed just after are in it; on start, the last day is caught up (hours that
-//! passed while no worker ran), the dedupe keys skipping those already done.
+//! passed while no worker ran), the dedupe keys skipping those already done. It also deletes the records of jobs
+//! done more than 30 days ago.
 
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ use tokio::sync::watch;
 const SETTLE: time::Duration = time::Duration::minutes(2);
 /// Hours caught up on start.
 const CATCH_UP_HOURS: i64 = 24;
+/// How long the records of done jobs are kept.
+const DONE_JOBS_KEPT: time::Duration = time::Duration::days(30);
 
 /// Records the jobs of the last `hours` finished hours before `now` (oldest first); returns them.
 pub async fn schedule_hours(store: &Store, now: OffsetDateTime, hours: i64) -> Result<Vec<ScheduledJob>, String> {
@@ -40,9 +43,15 @@ pub async fn schedule_once(store: &Store, now: OffsetDateTime) -> Result<Vec<Sch
 pub(crate) async fn run(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
     let mut hours = CATCH_UP_HOURS;
     loop {
-        match schedule_hours(&store, OffsetDateTime::now_utc(), hours).await {
+        let now = OffsetDateTime::now_utc();
+        match schedule_hours(&store, now, hours).await {
             Ok(_) => hours = 1,
             Err(error) => tracing::warn!(%error, "cannot record the hourly jobs; retrying"),
+        }
+        match store.prune_done_jobs(now - DONE_JOBS_KEPT).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "records of old done jobs deleted"),
+            Err(error) => tracing::warn!(%error, "cannot prune old job records"),
         }
         tokio::select! {
             changed = stop.changed() => if changed.is_err() || *stop.borrow() { return },

@@ -87,12 +87,18 @@ async fn operators_see_and_repair_jobs(backend: TestBackend) {
     assert!(actions.contains(&("ops", "job.retry", "stripe_events:evt_dead")), "{actions:?}");
     assert!(actions.contains(&("ops", "job.discard", "webhooks:ops:evt_1")), "{actions:?}");
 
+    // Records of jobs done long ago are pruned; the others stay.
+    let future = time::OffsetDateTime::now_utc() + time::Duration::DAY;
+    assert_eq!(app.store.prune_done_jobs(future).await.expect("pruned"), 1, "the one done job");
+    assert!(app.store.job("stripe_events:evt_ok").await.expect("read").is_none());
+    assert!(app.store.job("stripe_events:evt_dead").await.expect("read").is_some());
+
     let customer = TestApp::token("alice", "customer");
     let (status, _) = status_and_json(app.get("/api/admin/queues", &customer).await).await;
     assert_eq!(status, 403);
 
     let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains(r#"billing_jobs{queue="stripe_events",state="done"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"billing_jobs{queue="stripe_events",state="done"} 0"#), "{metrics}");
     assert!(metrics.contains(r#"billing_jobs{queue="webhooks",state="discarded"} 1"#), "{metrics}");
     assert!(metrics.contains("billing_anomalies_last_24h 0"), "{metrics}");
 }
