@@ -54,6 +54,9 @@ pub(crate) enum Command {
     /// Reads creditflow's job records in the database, the same on every queue backend. Examples:
     /// creditflow jobs queues; creditflow jobs list --state dead; creditflow jobs retry stripe_events:evt_123
     Jobs(JobsArgs),
+    /// Stripe tools: `stripe trigger` sends a realistic, signed Stripe event to a running creditflow, offline.
+    #[command(subcommand)]
+    Stripe(StripeCommand),
     /// Print the API's OpenAPI document (JSON), as served at /openapi.json.
     Openapi,
     /// Print the effective configuration (defaults, file and environment merged; passwords redacted) and exit.
@@ -120,4 +123,41 @@ pub(crate) enum JobsCommand {
         #[arg(long)]
         reason: String,
     },
+}
+
+/// `creditflow stripe`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum StripeCommand {
+    /// Build a realistic Stripe event, sign it with the webhook secret as Stripe does, and post it to creditflow.
+    ///
+    /// Events: payment_intent.succeeded, payment_intent.payment_failed, checkout.session.completed, charge.refunded,
+    /// charge.dispute.created. Each event sent is kept in .creditflow/stripe-events/ so --resend delivers it again.
+    /// Example: creditflow stripe trigger payment_intent.succeeded --account alice --pack starter
+    Trigger(StripeTriggerArgs),
+}
+
+/// `creditflow stripe trigger`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StripeTriggerArgs {
+    /// The event type to build.
+    #[arg(value_parser = crate::stripe_trigger::EVENT_TYPES, required_unless_present = "resend")]
+    pub(crate) event: Option<String>,
+    /// Deliver again an event sent earlier from this directory, by its id (evt_...).
+    #[arg(long, value_name = "EVENT_ID", conflicts_with = "event")]
+    pub(crate) resend: Option<String>,
+    /// The account the payment is for.
+    #[arg(long, default_value = "acct_test")]
+    pub(crate) account: String,
+    /// The pack bought.
+    #[arg(long, default_value = "starter")]
+    pub(crate) pack: String,
+    /// For refunds and disputes: the payment they are about (default: the last payment triggered here).
+    #[arg(long, value_name = "PI")]
+    pub(crate) payment_intent: Option<String>,
+    /// Where to post it (default: http://<listen>/webhooks/stripe).
+    #[arg(long, value_name = "URL")]
+    pub(crate) to: Option<String>,
+    /// The webhook signing secret (default: stripe.webhook_secret).
+    #[arg(long, value_name = "WHSEC")]
+    pub(crate) secret: Option<String>,
 }

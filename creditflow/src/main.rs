@@ -6,6 +6,7 @@ mod config;
 mod jobs;
 mod logging;
 mod serve;
+mod stripe_trigger;
 mod token;
 
 use std::process::ExitCode;
@@ -33,7 +34,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Token(args) => return token::print(&loaded, args),
-        Command::Serve | Command::Api | Command::Worker | Command::Migrate | Command::Jobs(_) | Command::Openapi => {}
+        Command::Serve
+        | Command::Api
+        | Command::Worker
+        | Command::Migrate
+        | Command::Jobs(_)
+        | Command::Stripe(_)
+        | Command::Openapi => {}
     }
     logging::init(&loaded.config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -50,6 +57,7 @@ fn main() -> ExitCode {
             Command::Worker => serve::worker(&loaded).await,
             Command::Migrate => serve::migrate(&loaded).await,
             Command::Jobs(args) => jobs::run(&loaded, &args).await,
+            Command::Stripe(cli::StripeCommand::Trigger(args)) => stripe_trigger::run(&loaded, &args).await,
             Command::Config | Command::Token(_) | Command::Openapi => Ok(()),
         }
     });

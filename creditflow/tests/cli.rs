@@ -629,3 +629,45 @@ fn the_example_configuration_is_valid_and_the_tests_own_variables_are_ignored() 
     }
     assert!(!stdout.contains("sk_test_x"), "the Stripe key leaked:\n{stdout}");
 }
+
+#[tokio::test]
+async fn stripe_trigger_credits_once_resends_and_refunds_offline() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let secret = "whsec_trigger";
+    let server = Server::start(dir.path(), &[("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret)]);
+    let to = format!("{}/webhooks/stripe", server.base_url);
+    let trigger = |args: &[&str]| {
+        let mut all = vec!["stripe", "trigger"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--to", &to, "--secret", secret]);
+        run(dir.path(), &all, &[])
+    };
+    let (code, stdout, stderr) = trigger(&["payment_intent.succeeded", "--account", "tia", "--pack", "starter"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("payment_intent.succeeded evt_") && stdout.contains(": 200"), "{stdout}");
+    let (_, admin, _) = run(dir.path(), &["token", "--sub", "ops", "--role", "admin"], &[]);
+    let client = reqwest::Client::new();
+    wait_for_balance(&client, &server.base_url, admin.trim(), "tia", 5_000_000).await;
+
+    // The same event again: acknowledged as a duplicate, nothing credited.
+    let kept: Vec<_> = std::fs::read_dir(dir.path().join(".creditflow/stripe-events")).expect("kept").collect();
+    assert_eq!(kept.len(), 1);
+    let id = kept[0].as_ref().expect("entry").path().file_stem().expect("name").to_string_lossy().to_string();
+    let (code, stdout, _) = trigger(&["--resend", &id]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(r#""duplicate":true"#), "{stdout}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_balance(&client, &server.base_url, admin.trim(), "tia", 5_000_000).await;
+
+    // A full refund of that payment takes the credits back.
+    let (code, stdout, stderr) = trigger(&["charge.refunded", "--account", "tia"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    wait_for_balance(&client, &server.base_url, admin.trim(), "tia", 0).await;
+    let nowhere = ["stripe", "trigger", "payment_intent.succeeded", "--to", "http://127.0.0.1:9/", "--secret", secret];
+    let (code, _, stderr) = run(dir.path(), &nowhere, &[]);
+    assert_eq!(code, 1, "an unreachable creditflow is an error");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+    let (code, _, stderr) = trigger(&["--resend", "evt_never_sent"]);
+    assert_eq!((code, stderr.contains("no event evt_never_sent")), (1, true), "{stderr}");
+    server.terminate();
+}
