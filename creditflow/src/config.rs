@@ -275,7 +275,23 @@ fn validate_jobs(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate(config: Config) -> Result<Loaded, ConfigError> {
+/// An optional setting given as an empty string (`FOO: ${FOO:-}` in compose files) is not set.
+fn unset_empty(config: &mut Config) {
+    for optional in [
+        &mut config.redis_url,
+        &mut config.email.smtp_url,
+        &mut config.stripe.webhook_secret,
+        &mut config.stripe.secret_key,
+        &mut config.stripe.api_base,
+    ] {
+        if optional.as_deref().is_some_and(str::is_empty) {
+            *optional = None;
+        }
+    }
+}
+
+fn validate(mut config: Config) -> Result<Loaded, ConfigError> {
+    unset_empty(&mut config);
     let url = config.database_url.as_str();
     if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(invalid("database_url", "use sqlite://PATH or postgres://USER@HOST/DATABASE"));

@@ -326,6 +326,7 @@ async fn a_stripe_payment_is_credited_through_the_whole_pipeline() {
     }
     let (_, admin, _) = run(dir.path(), &["token", "--sub", "ops", "--role", "admin"], &[]);
     wait_for_balance(&client, &server.base_url, admin.trim(), "bea", 5_000_000).await;
+    drop(client); // idle keep-alive connections would hold up graceful shutdown
     server.terminate();
 }
 
@@ -477,6 +478,7 @@ async fn a_pack_bought_through_localstripe_is_credited_once() {
         stripe("/confirm".to_owned()).basic_auth("sk_test_e2e", Some("")).send().await.expect("localstripe answers");
     assert!(confirmed.status().is_success(), "confirm: {}", confirmed.text().await.unwrap_or_default());
     wait_for_balance(&client, &server.base_url, token.trim(), &account, 5_000_000).await;
+    drop(client); // idle keep-alive connections would hold up graceful shutdown
     server.terminate();
 }
 
@@ -613,6 +615,7 @@ async fn on_postgres_and_redis_a_payment_is_credited_once_despite_redeliveries_a
     let status = Command::new("kill").args(["-TERM", &second_worker.id().to_string()]).status().expect("signal");
     assert!(status.success());
     assert!(second_worker.wait().expect("exits").success());
+    drop(client); // idle keep-alive connections would hold up graceful shutdown
     api.terminate();
 }
 
@@ -669,5 +672,15 @@ async fn stripe_trigger_credits_once_resends_and_refunds_offline() {
     assert!(stderr.contains("cannot reach"), "{stderr}");
     let (code, _, stderr) = trigger(&["--resend", "evt_never_sent"]);
     assert_eq!((code, stderr.contains("no event evt_never_sent")), (1, true), "{stderr}");
+    drop(client); // idle keep-alive connections would hold up graceful shutdown
     server.terminate();
+}
+
+#[test]
+fn empty_optional_settings_are_unset() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let envs = [("CREDITFLOW_STRIPE__WEBHOOK_SECRET", ""), ("CREDITFLOW_STRIPE__SECRET_KEY", ""), ("REDIS_URL", "")];
+    let (code, stdout, stderr) = run(dir.path(), &["config"], &envs);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stdout.contains("secret_key") && !stdout.contains("webhook_secret"), "{stdout}");
 }
