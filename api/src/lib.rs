@@ -33,6 +33,7 @@ pub use creditflow_domain::signature::{
 };
 pub use errors::{ApiError, ErrorBody};
 pub use limits::{RateLimiter, Verdict};
+pub use metrics::METRIC_NAMES;
 pub use protection::CorsAllowlist;
 pub use request_id::{REQUEST_ID_HEADER, RequestId};
 pub use routes::webhooks::StripeWebhookSettings;

@@ -17,6 +17,8 @@ use poem::{IntoResponse, Response};
 pub(crate) const RECONCILE_DEBITS: &str = "billing_reconcile_debits_total";
 /// Reconcile requests refused with 402.
 pub(crate) const RECONCILE_INSUFFICIENT_FUNDS: &str = "billing_reconcile_insufficient_funds_total";
+/// Reconcile requests refused because their idempotency key was used for a different body (409).
+pub(crate) const RECONCILE_IDEMPOTENCY_CONFLICTS: &str = "billing_reconcile_idempotency_conflicts_total";
 /// Usage batches accepted (replays not counted).
 pub(crate) const USAGE_BATCHES_ACCEPTED: &str = "billing_usage_batches_accepted_total";
 /// Postings that failed with a storage error (not a refusal).
@@ -27,6 +29,19 @@ pub(crate) const JOBS: &str = "billing_jobs";
 pub(crate) const ANOMALIES: &str = "billing_anomalies_last_24h";
 /// Request durations, by `method`, `route` and `status`.
 pub(crate) const REQUEST_DURATION: &str = "http_server_request_duration_seconds";
+
+/// Every metric creditflow exports at `/metrics` (histograms by their base name), for alert rules and dashboards.
+pub const METRIC_NAMES: [&str; 9] = [
+    RECONCILE_DEBITS,
+    RECONCILE_INSUFFICIENT_FUNDS,
+    RECONCILE_IDEMPOTENCY_CONFLICTS,
+    USAGE_BATCHES_ACCEPTED,
+    LEDGER_WRITE_FAILURES,
+    JOBS,
+    ANOMALIES,
+    REQUEST_DURATION,
+    crate::routes::webhooks::WEBHOOK_EVENTS,
+];
 
 const DURATION_BUCKETS_SECONDS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
@@ -45,6 +60,10 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
                 }
                 metrics::describe_counter!(RECONCILE_DEBITS, "Usage debits written by POST /api/usage/reconcile");
                 metrics::describe_counter!(USAGE_BATCHES_ACCEPTED, "Usage batches accepted by POST /api/usage/batches");
+                metrics::describe_counter!(
+                    RECONCILE_IDEMPOTENCY_CONFLICTS,
+                    "Reconciles refused for a reused key (409)"
+                );
                 metrics::describe_counter!(RECONCILE_INSUFFICIENT_FUNDS, "Reconcile requests refused for funds (402)");
                 metrics::describe_counter!(LEDGER_WRITE_FAILURES, "Ledger postings that failed with a storage error");
                 metrics::describe_gauge!(ANOMALIES, "Accounts flagged by the anomaly check in the last 24 hours");

@@ -684,3 +684,34 @@ fn empty_optional_settings_are_unset() {
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.contains("secret_key") && !stdout.contains("webhook_secret"), "{stdout}");
 }
+
+#[test]
+fn every_setting_compose_yaml_passes_is_one_creditflow_reads() {
+    let compose = std::fs::read_to_string(format!("{}/../compose.yaml", env!("CARGO_MANIFEST_DIR"))).expect("compose");
+    // `KEY: value` lines of the environment blocks (scripts/test checks the file is valid YAML).
+    let settings: Vec<(String, String)> = compose
+        .lines()
+        .filter_map(|line| line.trim().split_once(": "))
+        .filter(|(key, _)| key.starts_with("CREDITFLOW_") || *key == "DATABASE_URL" || *key == "REDIS_URL")
+        .map(|(key, value)| {
+            // `${VAR:?message}` must be given by the operator: a sample; `${VAR:-}` may stay empty.
+            let value = if value.starts_with("${") && value.contains(":?") {
+                match key {
+                    "CREDITFLOW_AUTH__JWKS_URL" => "https://id.example.com/.well-known/jwks.json".to_owned(),
+                    _ => "https://id.example.com/".to_owned(),
+                }
+            } else if value.starts_with("${") {
+                String::new()
+            } else {
+                value.trim_matches('"').to_owned()
+            };
+            (key.to_owned(), value)
+        })
+        .collect();
+    assert!(settings.len() >= 10, "the environment blocks were read: {settings:?}");
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let envs: Vec<(&str, &str)> = settings.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+    let (code, stdout, stderr) = run(dir.path(), &["config"], &envs);
+    assert_eq!(code, 0, "a setting in compose.yaml is not one creditflow reads, or is invalid: {stderr}");
+    assert!(stdout.contains("queue_url = \"redis://redis:6379\""), "{stdout}");
+}

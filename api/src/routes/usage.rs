@@ -100,6 +100,7 @@ impl UsageApi {
         // A retry is answered from the first entry before anything is priced: the rate card may have changed since.
         if let Some(first) = store.entry_by_key(&account_id, &key).await? {
             if first.source_ref.as_deref() != Some(fingerprint.as_str()) {
+                metrics::counter!(crate::metrics::RECONCILE_IDEMPOTENCY_CONFLICTS).increment(1);
                 let message = "this idempotency key was already used for a different request";
                 return Err(ApiError::Conflict(Json(ErrorBody::new("idempotency_conflict", message))));
             }
@@ -151,6 +152,7 @@ impl UsageApi {
                 (entry, true)
             }
             PostingOutcome::ExistsWithDifferentContent(_) => {
+                metrics::counter!(crate::metrics::RECONCILE_IDEMPOTENCY_CONFLICTS).increment(1);
                 let message = "this idempotency key was already used for a different request";
                 return Err(ApiError::Conflict(Json(ErrorBody::new("idempotency_conflict", message))));
             }

@@ -1,6 +1,7 @@
 //! API tests: each spawns the real app on a random port (on SQLite or PostgreSQL) and talks HTTP to it.
 
 mod admin;
+mod alerts;
 mod auth;
 mod batches;
 mod helpers;

@@ -39,6 +39,8 @@ async fn debits_replays_and_refusals(backend: TestBackend) {
     let (status, body) = status_and_json(app.reconcile(&alice, &usage("A", 721)).await).await;
     assert_eq!((status, body["code"].as_str()), (409, Some("idempotency_conflict")));
     assert_eq!(app.balance("alice").await, 8_000);
+    let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("billing_reconcile_idempotency_conflicts_total 1"), "counted for alerts: {metrics}");
 
     // 4000 tokens = 10 credits against 8: short by exactly 2.000, and the key stays free.
     let (status, body) = status_and_json(app.reconcile(&alice, &usage("B", 4_000)).await).await;
