@@ -54,6 +54,13 @@ pub(crate) enum Command {
     /// Reads creditflow's job records in the database, the same on every queue backend. Examples:
     /// creditflow jobs queues; creditflow jobs list --state dead; creditflow jobs retry stripe_events:evt_123
     Jobs(JobsArgs),
+    /// Run the production smoke against a running creditflow and print each check with pass/fail and its time.
+    ///
+    /// Liveness, readiness, tokens (valid; expired, garbage and alg=none get one 401), a purchase through a signed
+    /// test event and its redelivery (credited once), reconcile and its replay (debited once), the 402 path, rounding,
+    /// ledger pages, CSV export, 429 past the rate limit, CORS, sanitized errors. Uses a canary account. Exit 1 when a
+    /// check fails.
+    Smoke(SmokeArgs),
     /// Stripe tools: `stripe trigger` sends a realistic, signed Stripe event to a running creditflow, offline.
     #[command(subcommand)]
     Stripe(StripeCommand),
@@ -160,4 +167,31 @@ pub(crate) struct StripeTriggerArgs {
     /// The webhook signing secret (default: stripe.webhook_secret).
     #[arg(long, value_name = "WHSEC")]
     pub(crate) secret: Option<String>,
+}
+
+/// `creditflow smoke`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SmokeArgs {
+    /// The deployment, such as https://billing.example.com.
+    #[arg(long, value_name = "URL")]
+    pub(crate) base_url: String,
+    /// A private key (PEM: RSA, P-256 or Ed25519) whose public half the deployment trusts, to mint the smoke's
+    /// tokens. Without it the dev key is used (embedded setups only).
+    #[arg(long, value_name = "PEM")]
+    pub(crate) signing_key: Option<PathBuf>,
+    /// The tokens' issuer (with --signing-key).
+    #[arg(long)]
+    pub(crate) issuer: Option<String>,
+    /// The tokens' audience (with --signing-key).
+    #[arg(long)]
+    pub(crate) audience: Option<String>,
+    /// The Stripe webhook secret, to send the signed test purchase (default: stripe.webhook_secret).
+    #[arg(long, value_name = "WHSEC")]
+    pub(crate) webhook_secret: Option<String>,
+    /// The account the checks use (default: a fresh smoke-... account).
+    #[arg(long)]
+    pub(crate) canary_account: Option<String>,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }

@@ -6,6 +6,7 @@ mod config;
 mod jobs;
 mod logging;
 mod serve;
+mod smoke;
 mod stripe_trigger;
 mod token;
 
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         | Command::Worker
         | Command::Migrate
         | Command::Jobs(_)
+        | Command::Smoke(_)
         | Command::Stripe(_)
         | Command::Openapi => {}
     }
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
             Command::Worker => serve::worker(&loaded).await,
             Command::Migrate => serve::migrate(&loaded).await,
             Command::Jobs(args) => jobs::run(&loaded, &args).await,
+            Command::Smoke(args) => smoke::run(&loaded, &args).await,
             Command::Stripe(cli::StripeCommand::Trigger(args)) => stripe_trigger::run(&loaded, &args).await,
             Command::Config | Command::Token(_) | Command::Openapi => Ok(()),
         }

@@ -715,3 +715,94 @@ fn every_setting_compose_yaml_passes_is_one_creditflow_reads() {
     assert_eq!(code, 0, "a setting in compose.yaml is not one creditflow reads, or is invalid: {stderr}");
     assert!(stdout.contains("queue_url = \"redis://redis:6379\""), "{stdout}");
 }
+
+#[tokio::test]
+async fn smoke_passes_on_the_embedded_setup_and_names_what_breaks() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let secret = "whsec_smoke";
+    let server = Server::start(dir.path(), &[("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret)]);
+    let base = server.base_url.clone();
+    let smoke = |dir: std::path::PathBuf, args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&dir, &args, &[])
+        })
+    };
+    let canary = || ["--canary-account".to_owned(), "smoke-canary".to_owned()];
+    let mut args = vec![
+        "smoke".to_owned(),
+        "--base-url".to_owned(),
+        base.clone(),
+        "--webhook-secret".to_owned(),
+        secret.to_owned(),
+    ];
+    args.extend(canary());
+    let (code, stdout, stderr) = smoke(dir.path().to_path_buf(), args).await.expect("ran");
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(stdout.lines().filter(|line| line.contains(" pass ")).count(), 13, "{stdout}");
+    // Without the webhook secret the purchase cannot be sent: that row fails, the others pass (the canary still has
+    // credits from the first run), and the exit status says so.
+    let mut args = vec!["smoke".to_owned(), "--base-url".to_owned(), base, "--json".to_owned()];
+    args.extend(canary());
+    let (code, stdout, _) = smoke(dir.path().to_path_buf(), args).await.expect("ran");
+    assert_eq!(code, 1);
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|line| serde_json::from_str(line).expect("json")).collect();
+    let failed: Vec<&str> = rows.iter().filter(|r| r["passed"] == false).filter_map(|r| r["check"].as_str()).collect();
+    assert_eq!(failed, ["purchase and redelivery"]);
+    server.terminate();
+}
+
+#[tokio::test]
+async fn smoke_passes_on_postgres_and_redis_with_a_signing_key() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let database = TestDatabase::new(TestBackend::Postgres).await;
+    let secret = "whsec_smoke_pg";
+    let namespace = creditflow_testkit::redis_namespace();
+    let redis = creditflow_testkit::redis_url();
+    let auth = production_auth();
+    let mut envs: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    envs.extend([
+        ("DATABASE_URL", database.url.as_str()),
+        ("REDIS_URL", redis.as_str()),
+        ("CREDITFLOW_QUEUE_URL", redis.as_str()),
+        ("CREDITFLOW_QUEUE_NAMESPACE", namespace.as_str()),
+        ("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret),
+    ]);
+    let (api, _) = Server::start_role(dir.path(), "api", &envs);
+    let mut worker = creditflow(dir.path())
+        .arg("worker")
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a worker");
+    let key = format!("{}/../api/tests/fixtures/rsa-1.key", env!("CARGO_MANIFEST_DIR"));
+    let elsewhere = tempfile::tempdir().expect("the operator's directory");
+    let args: Vec<String> = [
+        "smoke",
+        "--base-url",
+        &api.base_url,
+        "--signing-key",
+        &key,
+        "--issuer",
+        "https://issuer.test/",
+        "--audience",
+        "creditflow-test",
+        "--webhook-secret",
+        secret,
+    ]
+    .iter()
+    .map(|arg| (*arg).to_owned())
+    .collect();
+    let path = elsewhere.path().to_path_buf();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&path, &args, &[])
+    })
+    .await
+    .expect("ran");
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let _ = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
+    let _ = worker.wait();
+    api.terminate();
+}
