@@ -179,6 +179,9 @@ pub(crate) struct SmokeArgs {
     /// tokens. Without it the dev key is used (embedded setups only).
     #[arg(long, value_name = "PEM")]
     pub(crate) signing_key: Option<PathBuf>,
+    /// The key id (`kid`) of the signing key in the deployment's JWKS (with --signing-key; JWKS setups need it).
+    #[arg(long, value_name = "KID")]
+    pub(crate) key_id: Option<String>,
     /// The tokens' issuer (with --signing-key).
     #[arg(long)]
     pub(crate) issuer: Option<String>,

@@ -40,7 +40,7 @@ pub(crate) struct Config {
     pub(crate) database_url: String,
     /// Connections per process in the database pool.
     pub(crate) database_max_connections: u32,
-    /// Apply pending migrations when `serve` starts.
+    /// Apply pending migrations when creditflow starts (`serve`, `api`, `worker`, `jobs`).
     pub(crate) auto_migrate: bool,
     /// The job queue: `redis://HOST:PORT` in production, or `sqlite://PATH` (a file of its own beside the ledger).
     pub(crate) queue_url: String,
@@ -266,8 +266,9 @@ fn validate_jobs(config: &Config) -> Result<(), ConfigError> {
     if !(1..=300).contains(&config.queue_heartbeat_seconds) {
         return Err(invalid("queue_heartbeat_seconds", "must be 1 to 300"));
     }
-    if !(1..=100).contains(&config.autoreload_failures_before_disabling) {
-        return Err(invalid("autoreload_failures_before_disabling", "must be 1 to 100"));
+    // The autoreload job has 1 + retries (5) attempts; one is kept for a transient failure.
+    if !(1..=5).contains(&config.autoreload_failures_before_disabling) {
+        return Err(invalid("autoreload_failures_before_disabling", "must be 1 to 5"));
     }
     if config.anomaly_floor_millicredits < 0 {
         return Err(invalid("anomaly_floor_millicredits", "must be 0 or more"));

@@ -19,17 +19,19 @@ use crate::config::Loaded;
 /// Signs the smoke's tokens.
 enum Minter {
     Dev(creditflow_api::DevKey),
-    Pem { key: EncodingKey, algorithm: Algorithm, issuer: String, audience: String },
+    Pem { key: EncodingKey, algorithm: Algorithm, key_id: Option<String>, issuer: String, audience: String },
 }
 
 impl Minter {
     fn mint(&self, subject: &str, role: &str, now: i64, ttl: i64) -> anyhow::Result<String> {
         match self {
             Self::Dev(key) => key.mint(subject, &[role], now, ttl).map_err(anyhow::Error::msg),
-            Self::Pem { key, algorithm, issuer, audience } => {
+            Self::Pem { key, algorithm, key_id, issuer, audience } => {
                 let claims = json!({"iss": issuer, "aud": audience, "sub": subject, "role": role,
                                     "iat": now, "nbf": now, "exp": now + ttl});
-                Ok(jsonwebtoken::encode(&Header::new(*algorithm), &claims, key)?)
+                let mut header = Header::new(*algorithm);
+                header.kid.clone_from(key_id);
+                Ok(jsonwebtoken::encode(&header, &claims, key)?)
             }
         }
     }
@@ -57,7 +59,7 @@ fn minter(loaded: &Loaded, args: &SmokeArgs) -> anyhow::Result<Minter> {
     };
     let issuer = args.issuer.clone().context("--signing-key needs --issuer")?;
     let audience = args.audience.clone().context("--signing-key needs --audience")?;
-    Ok(Minter::Pem { key, algorithm, issuer, audience })
+    Ok(Minter::Pem { key, algorithm, key_id: args.key_id.clone(), issuer, audience })
 }
 
 /// One check's outcome.
