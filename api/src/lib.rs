@@ -73,6 +73,7 @@ type Operations = (
     routes::settings::SettingsApi,
     routes::admin::AdminApi,
     routes::jobs::JobsApi,
+    routes::reports::ReportsApi,
 );
 
 fn service() -> OpenApiService<Operations, ()> {
@@ -86,6 +87,7 @@ fn service() -> OpenApiService<Operations, ()> {
             routes::settings::SettingsApi,
             routes::admin::AdminApi,
             routes::jobs::JobsApi,
+            routes::reports::ReportsApi,
         ),
         "creditflow",
         env!("CARGO_PKG_VERSION"),

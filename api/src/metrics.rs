@@ -27,11 +27,19 @@ pub(crate) const LEDGER_WRITE_FAILURES: &str = "billing_ledger_write_failures_to
 pub(crate) const JOBS: &str = "billing_jobs";
 /// Spend anomalies the hourly check flagged in the last 24 hours (read from the database at each scrape).
 pub(crate) const ANOMALIES: &str = "billing_anomalies_last_24h";
+/// Checks that failed in the latest nightly report (read from the database at each scrape).
+pub(crate) const REPORT_CHECKS_FAILED: &str = "billing_report_checks_failed";
+/// The latest report's drift between the ledger's liability and the sum of balances, in millicredits (must be 0).
+pub(crate) const REPORT_LIABILITY_DRIFT: &str = "billing_report_liability_drift_millicredits";
+/// The latest report's drift between our purchases and Stripe's charges, in USD cents (must be 0).
+pub(crate) const REPORT_PURCHASES_DRIFT: &str = "billing_report_purchases_drift_cents";
+/// Seconds since the latest report was computed (a report that stops coming is an alert too).
+pub(crate) const REPORT_AGE: &str = "billing_report_age_seconds";
 /// Request durations, by `method`, `route` and `status`.
 pub(crate) const REQUEST_DURATION: &str = "http_server_request_duration_seconds";
 
 /// Every metric creditflow exports at `/metrics` (histograms by their base name), for alert rules and dashboards.
-pub const METRIC_NAMES: [&str; 9] = [
+pub const METRIC_NAMES: [&str; 13] = [
     RECONCILE_DEBITS,
     RECONCILE_INSUFFICIENT_FUNDS,
     RECONCILE_IDEMPOTENCY_CONFLICTS,
@@ -39,6 +47,10 @@ pub const METRIC_NAMES: [&str; 9] = [
     LEDGER_WRITE_FAILURES,
     JOBS,
     ANOMALIES,
+    REPORT_CHECKS_FAILED,
+    REPORT_LIABILITY_DRIFT,
+    REPORT_PURCHASES_DRIFT,
+    REPORT_AGE,
     REQUEST_DURATION,
     crate::routes::webhooks::WEBHOOK_EVENTS,
 ];
@@ -104,7 +116,26 @@ pub(crate) async fn render(state: poem::web::Data<&crate::AppState>) -> Response
         Ok(count) => metrics::gauge!(ANOMALIES).set(count as f64),
         Err(error) => tracing::warn!(%error, "cannot read anomalies for /metrics"),
     }
+    match state.store.latest_report().await {
+        Ok(Some(report)) => report_gauges(&report),
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the latest report for /metrics"),
+    }
     (StatusCode::OK, handle().render()).with_content_type("text/plain; version=0.0.4; charset=utf-8").into_response()
+}
+
+/// The latest nightly report's verdict as gauges: failed checks, the two drifts, and its age.
+#[allow(clippy::cast_precision_loss)] // counts, cents and millicredits of drift are far below 2^52
+fn report_gauges(report: &creditflow_store::StoredReport) {
+    let summary: serde_json::Value = serde_json::from_str(&report.summary).unwrap_or_default();
+    let failed =
+        summary["checks"].as_array().map_or(0, |checks| checks.iter().filter(|c| c["status"] == "fail").count());
+    metrics::gauge!(REPORT_CHECKS_FAILED).set(failed as f64);
+    let drift = |value: &serde_json::Value| value.as_i64().unwrap_or(0) as f64;
+    metrics::gauge!(REPORT_LIABILITY_DRIFT).set(drift(&summary["liability"]["driftMillicredits"]));
+    metrics::gauge!(REPORT_PURCHASES_DRIFT).set(drift(&summary["purchases"]["driftCents"]));
+    let age = time::OffsetDateTime::now_utc() - report.generated_at;
+    metrics::gauge!(REPORT_AGE).set(age.as_seconds_f64().max(0.0));
 }
 
 /// Matches request paths to the OpenAPI path templates.

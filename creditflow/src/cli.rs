@@ -61,6 +61,13 @@ pub(crate) enum Command {
     /// ledger pages, CSV export, 429 past the rate limit, CORS, sanitized errors. Uses a canary account. Exit 1 when a
     /// check fails.
     Smoke(SmokeArgs),
+    /// Run the nightly reconciliation report for a day now, or show a stored one.
+    ///
+    /// `creditflow report --date 2026-11-23` computes the day's report (in report.time_zone) with a progress line
+    /// per stage, stores it, announces report.ready and emails report.recipients unless that date's report was
+    /// emailed already (--force sends it again). `creditflow report show --date 2026-11-23 [--json] [--out DIR]`
+    /// prints a stored report's checks, or its summary as JSON, or writes its files (HTML, chart, CSVs) to DIR.
+    Report(ReportArgs),
     /// Stripe tools: `stripe trigger` sends a realistic, signed Stripe event to a running creditflow, offline.
     #[command(subcommand)]
     Stripe(StripeCommand),
@@ -129,6 +136,39 @@ pub(crate) enum JobsCommand {
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: String,
+    },
+}
+
+/// `creditflow report`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct ReportArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<ReportCommand>,
+    /// The day to report, YYYY-MM-DD in report.time_zone (default: yesterday there).
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub(crate) date: Option<String>,
+    /// Email the report again even if this date's was sent (as its own run, announced separately).
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Print the summary as JSON instead of a table of checks.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ReportCommand {
+    /// Print a stored report: its checks and files, or its summary as JSON; --out writes its files to a directory.
+    Show {
+        /// The report's day, YYYY-MM-DD.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: String,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write every file of the report (report.html, chart.png, the CSVs, summary.json) into this directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 

@@ -5,12 +5,14 @@
 //! too, as most platforms set them. Everything is validated once at start, and errors name the key and where its
 //! value came from. See `config/creditflow.example.toml` for every key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use creditflow_api::AuthSettings;
 use creditflow_domain::{PackCatalog, RateCard};
 use creditflow_jobs::webhooks::WebhookEndpoint;
+use creditflow_reports::{ReportSchedule, ReportSettings, ReportZone};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -80,6 +82,42 @@ pub(crate) struct Config {
     pub(crate) email: EmailSettings,
     /// Monitoring endpoints that receive signed events (`[[webhook_endpoints]]`: id, url, secret, events).
     pub(crate) webhook_endpoints: Vec<WebhookEndpoint>,
+    /// The nightly reconciliation report (`[report]`).
+    pub(crate) report: ReportConfig,
+}
+
+/// The nightly reconciliation report's settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ReportConfig {
+    /// Whether workers queue the report on `schedule` (it can always be run with `creditflow report`).
+    pub(crate) enabled: bool,
+    /// A cron expression in `time_zone` (five fields: minute hour day month weekday); each firing makes the day
+    /// before due.
+    pub(crate) schedule: String,
+    /// The IANA zone whose days are reported (`UTC`, `Europe/Paris`).
+    pub(crate) time_zone: String,
+    /// Finance's addresses, a list or one comma-separated string (handy in the environment); the report is stored
+    /// but not emailed when empty.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub(crate) recipients: Vec<String>,
+    /// Expected share of usage credits per model, in percent (summing to 100); empty: the mix is not checked.
+    pub(crate) expected_mix: BTreeMap<String, f64>,
+    /// Percentage points a model's share may stray from `expected_mix` before it is flagged.
+    pub(crate) mix_tolerance_points: f64,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            schedule: "30 0 * * *".to_owned(),
+            time_zone: "UTC".to_owned(),
+            recipients: Vec::new(),
+            expected_mix: BTreeMap::new(),
+            mix_tolerance_points: 10.0,
+        }
+    }
 }
 
 /// Email settings: SMTP when `smtp_url` is set, else `.eml` files in `outbox_dir`.
@@ -153,6 +191,7 @@ impl Default for Config {
             stripe: StripeSettings::default(),
             email: EmailSettings::default(),
             webhook_endpoints: Vec::new(),
+            report: ReportConfig::default(),
         }
     }
 }
@@ -184,6 +223,10 @@ pub(crate) struct Loaded {
     pub(crate) rate_card_document: String,
     /// The packs on sale.
     pub(crate) packs: PackCatalog,
+    /// The report's settings, parsed.
+    pub(crate) report: ReportSettings,
+    /// When workers queue the report (`None` when `report.enabled` is false).
+    pub(crate) report_schedule: Option<ReportSchedule>,
 }
 
 impl Loaded {
@@ -276,6 +319,54 @@ fn validate_jobs(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A list of strings given as a list, or as one comma-separated string (`a@x.com, b@x.com`; empty: none).
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Given::deserialize(deserializer)? {
+        Given::List(items) => items,
+        Given::Text(text) => {
+            text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect()
+        }
+    })
+}
+
+/// The report's settings, parsed: its zone, schedule, recipients and expected usage mix.
+fn validate_report(report: &ReportConfig) -> Result<(ReportSettings, Option<ReportSchedule>), ConfigError> {
+    let zone = ReportZone::parse(&report.time_zone)
+        .map_err(|_| invalid("report.time_zone", format!("`{}` is not an IANA time zone", report.time_zone)))?;
+    let schedule =
+        ReportSchedule::parse(&report.schedule, zone).map_err(|error| invalid("report.schedule", error.to_string()))?;
+    let mut recipients = Vec::with_capacity(report.recipients.len());
+    for address in &report.recipients {
+        let mailbox = address
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|_| invalid("report.recipients", format!("`{address}` is not an email address")))?;
+        recipients.push(mailbox);
+    }
+    if report.expected_mix.values().any(|share| !share.is_finite() || !(0.0..=100.0).contains(share)) {
+        return Err(invalid("report.expected_mix", "each model's share is a percentage from 0 to 100"));
+    }
+    let total: f64 = report.expected_mix.values().sum();
+    if !report.expected_mix.is_empty() && (total - 100.0).abs() > 0.01 {
+        return Err(invalid("report.expected_mix", format!("the shares add up to {total}, not 100")));
+    }
+    if !report.mix_tolerance_points.is_finite() || !(0.0..=100.0).contains(&report.mix_tolerance_points) {
+        return Err(invalid("report.mix_tolerance_points", "must be 0 to 100"));
+    }
+    let settings = ReportSettings {
+        zone,
+        recipients,
+        expected_mix: report.expected_mix.clone(),
+        mix_tolerance_points: report.mix_tolerance_points,
+    };
+    Ok((settings, report.enabled.then_some(schedule)))
+}
+
 /// An optional setting given as an empty string (`FOO: ${FOO:-}` in compose files) is not set.
 fn unset_empty(config: &mut Config) {
     for optional in [
@@ -364,6 +455,7 @@ fn validate(mut config: Config) -> Result<Loaded, ConfigError> {
         }
     }
     validate_jobs(&config)?;
+    let (report, report_schedule) = validate_report(&config.report)?;
     if config.shutdown_grace_seconds > 3_600 {
         return Err(invalid("shutdown_grace_seconds", "must be at most 3600"));
     }
@@ -384,7 +476,7 @@ fn validate(mut config: Config) -> Result<Loaded, ConfigError> {
     let rate_card = RateCard::from_toml(&rate_card_document).map_err(|e| invalid("rate_card_file", e.to_string()))?;
     let packs_document = read_document("packs_file", config.packs_file.as_deref(), DEFAULT_PACKS)?;
     let packs = PackCatalog::from_toml(&packs_document).map_err(|e| invalid("packs_file", e.to_string()))?;
-    Ok(Loaded { config, rate_card, rate_card_document, packs })
+    Ok(Loaded { config, rate_card, rate_card_document, packs, report, report_schedule })
 }
 
 fn read_document(key: &'static str, path: Option<&Path>, default: &str) -> Result<String, ConfigError> {

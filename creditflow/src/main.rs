@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod jobs;
 mod logging;
+mod report;
 mod serve;
 mod smoke;
 mod stripe_trigger;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         | Command::Migrate
         | Command::Jobs(_)
         | Command::Smoke(_)
+        | Command::Report(_)
         | Command::Stripe(_)
         | Command::Openapi => {}
     }
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
             Command::Migrate => serve::migrate(&loaded).await,
             Command::Jobs(args) => jobs::run(&loaded, &args).await,
             Command::Smoke(args) => smoke::run(&loaded, &args).await,
+            Command::Report(args) => report::run(&loaded, &args).await,
             Command::Stripe(cli::StripeCommand::Trigger(args)) => stripe_trigger::run(&loaded, &args).await,
             Command::Config | Command::Token(_) | Command::Openapi => Ok(()),
         }

@@ -13,6 +13,7 @@ use creditflow_jobs::scheduled::{AnomalyRule, ScheduledDeps};
 use creditflow_jobs::stripe_events::Deps;
 use creditflow_jobs::usage_batches::BatchDeps;
 use creditflow_jobs::webhooks::WebhookDeps;
+use creditflow_reports::ReportDeps;
 use creditflow_store::{NewAuditRecord, RateCardAdded, Store};
 use creditflow_workers::{Handlers, Queues, WorkerSettings};
 use poem::Server;
@@ -161,7 +162,8 @@ pub(crate) async fn worker(loaded: &Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn job_deps(store: &Store, loaded: &Loaded) -> anyhow::Result<Handlers> {
+/// The mailer the configuration names (SMTP, else the outbox directory) and the sender.
+pub(crate) fn mailer(loaded: &Loaded) -> anyhow::Result<(Arc<Mailer>, lettre::message::Mailbox)> {
     let email = &loaded.config.email;
     let mailer = match &email.smtp_url {
         Some(url) => Mailer::smtp(url),
@@ -169,6 +171,12 @@ fn job_deps(store: &Store, loaded: &Loaded) -> anyhow::Result<Handlers> {
     }
     .map_err(|message| anyhow::anyhow!("email: {message}"))?;
     let from = email.from.parse().map_err(|error| anyhow::anyhow!("email.from: {error}"))?;
+    Ok((Arc::new(mailer), from))
+}
+
+fn job_deps(store: &Store, loaded: &Loaded) -> anyhow::Result<Handlers> {
+    let (mailer, from) = mailer(loaded)?;
+    let stripe = payments(loaded)?;
     let stripe_deps = Deps {
         store: store.clone(),
         packs: Arc::new(loaded.packs.clone()),
@@ -176,13 +184,13 @@ fn job_deps(store: &Store, loaded: &Loaded) -> anyhow::Result<Handlers> {
     };
     Ok(Handlers {
         stripe: stripe_deps.clone(),
-        email: EmailDeps { store: store.clone(), mailer: Arc::new(mailer), from },
+        email: EmailDeps { store: store.clone(), mailer: mailer.clone(), from: from.clone() },
         webhooks: WebhookDeps::new(loaded.config.webhook_endpoints.clone())
             .map_err(|message| anyhow::anyhow!("webhooks: {message}"))?,
         batches: BatchDeps { store: store.clone() },
         autoreload: AutoreloadDeps {
             fulfilment: stripe_deps,
-            stripe: payments(loaded)?,
+            stripe: stripe.clone(),
             failures_before_disabling: loaded.config.autoreload_failures_before_disabling,
         },
         scheduled: ScheduledDeps {
@@ -192,12 +200,31 @@ fn job_deps(store: &Store, loaded: &Loaded) -> anyhow::Result<Handlers> {
                 ..AnomalyRule::default()
             },
         },
+        reports: report_deps(store, loaded, stripe, mailer, from),
     })
+}
+
+/// What the report job (and `creditflow report`) needs.
+pub(crate) fn report_deps(
+    store: &Store,
+    loaded: &Loaded,
+    stripe: Option<Arc<creditflow_payments::Stripe>>,
+    mailer: Arc<Mailer>,
+    from: lettre::message::Mailbox,
+) -> ReportDeps {
+    ReportDeps {
+        store: store.clone(),
+        stripe: stripe.map(|client| client.as_ref().clone()),
+        mailer,
+        from,
+        settings: loaded.report.clone(),
+    }
 }
 
 fn worker_settings(loaded: &Loaded) -> WorkerSettings {
     WorkerSettings {
         shutdown_grace: Duration::from_secs(loaded.config.shutdown_grace_seconds),
+        report_schedule: loaded.report_schedule.clone(),
         ..WorkerSettings::default()
     }
 }

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use creditflow_testkit::{TestBackend, TestDatabase};
+use serde_json::json;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_creditflow");
 
@@ -179,7 +180,7 @@ fn bad_configuration_fails_fast_naming_the_key() {
     let dir = tempfile::tempdir().expect("temporary working directory");
     std::fs::write(dir.path().join("bad.toml"), "listen = \"127.0.0.1:0\"\ncolour = \"blue\"\n").expect("write");
     std::fs::write(dir.path().join("card.toml"), "version = \"v2\"\nrounding = \"up\"\n").expect("write");
-    let rows: [ConfigCase<'_>; 9] = [
+    let rows: [ConfigCase<'_>; 12] = [
         (&["serve"], &[("DATABASE_URL", "postgres://db/x")], "auth.jwks_url"),
         (&["serve"], &[("CREDITFLOW_AUTH__JWKS_URL", "https://idp.test/jwks.json")], "auth.issuer"),
         (&["serve"], &[("CREDITFLOW_LISTEN", "not-an-address")], "listen"),
@@ -189,6 +190,9 @@ fn bad_configuration_fails_fast_naming_the_key() {
         (&["--config", "bad.toml", "serve"], &[], "colour"),
         (&["--config", "missing.toml", "serve"], &[], "missing.toml"),
         (&["serve"], &[("CREDITFLOW_RATE_CARD_FILE", "card.toml")], "rate_card_file"),
+        (&["serve"], &[("CREDITFLOW_REPORT__SCHEDULE", "every night")], "report.schedule"),
+        (&["serve"], &[("CREDITFLOW_REPORT__RECIPIENTS", "finance@, ops@example.com")], "report.recipients"),
+        (&["serve"], &[("CREDITFLOW_REPORT__EXPECTED_MIX", "{m1=60,m2=30}")], "report.expected_mix"),
     ];
     for (args, envs, expected) in rows {
         let (code, _, stderr) = run(dir.path(), args, envs);
@@ -677,6 +681,18 @@ async fn stripe_trigger_credits_once_resends_and_refunds_offline() {
 }
 
 #[test]
+fn report_recipients_can_be_a_comma_separated_variable() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let envs = [("CREDITFLOW_REPORT__RECIPIENTS", "finance@example.com, Audit <audit@example.com>")];
+    let (code, stdout, stderr) = run(dir.path(), &["config"], &envs);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(r#"recipients = ["finance@example.com", "Audit <audit@example.com>"]"#), "{stdout}");
+    let (code, stdout, _) = run(dir.path(), &["config"], &[("CREDITFLOW_REPORT__RECIPIENTS", "")]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("recipients = []"), "empty: nobody is emailed: {stdout}");
+}
+
+#[test]
 fn empty_optional_settings_are_unset() {
     let dir = tempfile::tempdir().expect("temporary working directory");
     let envs = [("CREDITFLOW_STRIPE__WEBHOOK_SECRET", ""), ("CREDITFLOW_STRIPE__SECRET_KEY", ""), ("REDIS_URL", "")];
@@ -700,8 +716,9 @@ fn every_setting_compose_yaml_passes_is_one_creditflow_reads() {
                     "CREDITFLOW_AUTH__JWKS_URL" => "https://id.example.com/.well-known/jwks.json".to_owned(),
                     _ => "https://id.example.com/".to_owned(),
                 }
-            } else if value.starts_with("${") {
-                String::new()
+            } else if let Some(default) = value.strip_prefix("${").and_then(|rest| rest.split_once(":-")) {
+                // `${VAR:-default}`: the default stands when the operator sets nothing.
+                default.1.trim_end_matches('}').to_owned()
             } else {
                 value.trim_matches('"').to_owned()
             };
@@ -805,4 +822,67 @@ async fn smoke_passes_on_postgres_and_redis_with_a_signing_key() {
     let _ = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
     let _ = worker.wait();
     api.terminate();
+}
+
+#[tokio::test]
+async fn report_runs_now_with_progress_emails_once_and_shows_what_it_stored() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let secret = "whsec_report";
+    let server = Server::start(dir.path(), &[("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret)]);
+    let to = format!("{}/webhooks/stripe", server.base_url);
+    let (_, admin, _) = run(dir.path(), &["token", "--sub", "ops", "--role", "admin"], &[]);
+    let client = reqwest::Client::new();
+    // The refund after the purchase is credited (a refund of an unknown payment waits for it).
+    for (event, balance) in [("payment_intent.succeeded", 5_000_000), ("charge.refunded", 0)] {
+        let args =
+            ["stripe", "trigger", event, "--account", "rhea", "--pack", "starter", "--to", &to, "--secret", secret];
+        let (code, stdout, stderr) = run(dir.path(), &args, &[]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        wait_for_balance(&client, &server.base_url, admin.trim(), "rhea", balance).await;
+    }
+    drop(client);
+    server.terminate();
+
+    // Today's report on demand: the purchase granted 5,000 credits, the refund took them back.
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let finance = [("CREDITFLOW_REPORT__RECIPIENTS", "[\"finance@example.com\"]")];
+    let (code, stdout, stderr) = run(dir.path(), &["report", "--date", &today], &finance);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stderr.contains("[1/7]") && stderr.contains("[7/7]") && stderr.contains("emailing finance"), "{stderr}");
+    assert!(stdout.contains(&format!("report {today} (UTC): PASSED")), "{stdout}");
+    assert!(stdout.contains("purchases_vs_stripe   skipped"), "no Stripe key, no comparison: {stdout}");
+    assert!(stdout.contains("email:  sent to finance@example.com"), "{stdout}");
+    let outbox = || std::fs::read_dir(dir.path().join("outbox")).map_or(0, Iterator::count);
+    assert_eq!(outbox(), 1);
+    let (code, stdout, _) = run(dir.path(), &["report", "--date", &today, "--json"], &finance);
+    assert_eq!(code, 0);
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("the summary is JSON");
+    let figures = (&summary["credits"]["purchasedMillicredits"], &summary["credits"]["refundsMillicredits"]);
+    assert_eq!(figures, (&json!(5_000_000), &json!(5_000_000)), "{summary:#}");
+    assert_eq!(summary["liability"]["closingMillicredits"], 0, "{summary:#}");
+    assert_eq!(outbox(), 1, "a second run of the date sends no second email");
+    let (code, stdout, _) = run(dir.path(), &["report", "--date", &today, "--force"], &finance);
+    assert_eq!((code, outbox()), (0, 2), "--force sends it again: {stdout}");
+
+    let (code, stdout, _) = run(dir.path(), &["report", "show", "--date", &today], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("PASSED") && stdout.contains("report.html") && stdout.contains("chart.png"), "{stdout}");
+    let out = dir.path().join("files");
+    let (code, stdout, _) = run(dir.path(), &["report", "show", "--date", &today, "--out", "files"], &[]);
+    assert_eq!(code, 0, "{stdout}");
+    let html = std::fs::read_to_string(out.join("report.html")).expect("the HTML page");
+    assert!(html.contains("chart.png"), "the page shows the chart beside it");
+    assert!(std::fs::read(out.join("chart.png")).expect("chart").starts_with(b"\x89PNG"));
+    let csv = std::fs::read_to_string(out.join("credits_by_kind.csv")).expect("a CSV table");
+    assert!(csv.lines().count() >= 2, "{csv}");
+
+    let (code, _, stderr) = run(dir.path(), &["report", "show", "--date", "2001-01-01"], &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no report is stored for 2001-01-01"), "{stderr}");
+    let (code, _, stderr) = run(dir.path(), &["report", "--date", "2026-13-01"], &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("2026-13-01"), "the bad date is named: {stderr}");
+    let (code, _, stderr) = run(dir.path(), &["report"], &[("CREDITFLOW_REPORT__TIME_ZONE", "Mars/Olympus")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("report.time_zone"), "{stderr}");
 }

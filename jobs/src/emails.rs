@@ -123,7 +123,8 @@ impl Mailer {
         Ok(Self::Outbox(AsyncFileTransport::<Tokio1Executor>::new(folder)))
     }
 
-    async fn send(&self, message: Message) -> Result<(), String> {
+    /// Sends one message.
+    pub async fn send(&self, message: Message) -> Result<(), String> {
         match self {
             Self::Smtp(transport) => transport.send(message).await.map(drop).map_err(|e| e.to_string()),
             Self::Outbox(transport) => transport.send(message).await.map(drop).map_err(|e| e.to_string()),

@@ -9,6 +9,7 @@
 
 pub mod autoreload;
 pub mod emails;
+pub mod reports;
 pub mod scheduled;
 pub mod stripe_events;
 pub mod usage_batches;
@@ -76,6 +77,16 @@ impl Job for scheduled::ScheduledJob {
     const QUEUE: &'static str = creditflow_store::SCHEDULED_QUEUE;
     fn job_id(&self) -> String {
         format!("{}:{}", Self::QUEUE, self.dedupe_key())
+    }
+}
+
+impl Job for reports::BuildReportV1 {
+    const QUEUE: &'static str = reports::REPORTS_QUEUE;
+    fn job_id(&self) -> String {
+        match &self.request {
+            None => format!("{}:{}", Self::QUEUE, self.date),
+            Some(request) => format!("{}:{}:{request}", Self::QUEUE, self.date),
+        }
     }
 }
 

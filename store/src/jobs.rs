@@ -19,8 +19,15 @@ pub const WEBHOOKS_QUEUE: &str = "webhooks";
 pub const SCHEDULED_QUEUE: &str = "scheduled";
 
 /// Every queue, in the order operators read them.
-pub const JOB_QUEUES: [&str; 6] =
-    [STRIPE_EVENTS_QUEUE, USAGE_BATCHES_QUEUE, AUTORELOADS_QUEUE, EMAILS_QUEUE, WEBHOOKS_QUEUE, SCHEDULED_QUEUE];
+pub const JOB_QUEUES: [&str; 7] = [
+    STRIPE_EVENTS_QUEUE,
+    USAGE_BATCHES_QUEUE,
+    AUTORELOADS_QUEUE,
+    EMAILS_QUEUE,
+    WEBHOOKS_QUEUE,
+    SCHEDULED_QUEUE,
+    crate::REPORTS_QUEUE,
+];
 
 /// Where a job stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

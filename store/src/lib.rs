@@ -18,6 +18,7 @@ mod jobs;
 mod posting;
 mod purchases;
 mod rate_cards;
+mod reports;
 mod rows;
 mod settings;
 mod timestamp;
@@ -38,6 +39,10 @@ pub use jobs::{
 pub use posting::{EMAILS_QUEUE, LedgerTotals};
 pub use purchases::{Purchase, PurchaseStatus};
 pub use rate_cards::{RateCardAdded, RateCardSummary, Rollout, StoredRateCard};
+pub use reports::{
+    BalanceCheck, BalanceDisagreement, CreditedPayment, DISAGREEMENTS_LISTED, EntryColumns, LedgerDay, NewReport,
+    REPORTS_QUEUE, ReportFile, StoredReport, UsageDetail,
+};
 pub use timestamp::Timestamp;
 
 /// Which database a store runs on.

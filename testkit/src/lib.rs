@@ -30,6 +30,57 @@ pub fn stripe_url() -> String {
     std::env::var("CREDITFLOW_TEST_STRIPE_URL").unwrap_or_else(|_| "http://127.0.0.1:8420".to_owned())
 }
 
+/// A localstripe of one test's own, on a free port, stopped when dropped: for tests that read everything a Stripe
+/// account holds (the shared one started by `scripts/test` holds every other test's charges too). It runs the
+/// Python of `CREDITFLOW_TEST_PYTHON` (`scripts/test` exports its venv's, where localstripe is installed).
+#[derive(Debug)]
+pub struct OwnLocalstripe {
+    /// Its base URL.
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl OwnLocalstripe {
+    /// Starts one and waits until it answers. Panics with the reason when it cannot.
+    pub fn start() -> Self {
+        let python = std::env::var("CREDITFLOW_TEST_PYTHON").unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned());
+            format!("{home}/.cache/creditflow/venv/bin/python")
+        });
+        let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/support/localstripe_launcher.py");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free port");
+        let child = std::process::Command::new(&python)
+            .arg(launcher)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start localstripe with {python} ({error}); run scripts/test"));
+        let mut own = Self { url: format!("http://127.0.0.1:{port}"), child };
+        for _ in 0..120 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return own;
+            }
+            if let Ok(Some(status)) = own.child.try_wait() {
+                panic!("localstripe ({python} {launcher}) exited with {status}; run scripts/test, which installs it");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        let _ = own.child.kill();
+        panic!("localstripe did not answer on port {port} within 30 s");
+    }
+}
+
+impl Drop for OwnLocalstripe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Which backend a test database is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestBackend {

@@ -6,11 +6,13 @@ use std::fmt::Debug;
 use apalis::prelude::*;
 use creditflow_jobs::autoreload::{AutoreloadDeps, RunAutoreloadV1, run_autoreload};
 use creditflow_jobs::emails::{EmailDeps, EmailJob, send_email};
+use creditflow_jobs::reports::BuildReportV1;
 use creditflow_jobs::scheduled::{ScheduledDeps, ScheduledJob, run_scheduled};
 use creditflow_jobs::stripe_events::{Deps, ProcessStripeEventV1, process_stripe_event};
 use creditflow_jobs::usage_batches::{BatchDeps, PriceUsageBatchV1, price_usage_batch};
 use creditflow_jobs::webhooks::{DeliverWebhookV1, WebhookDeps, deliver};
 use creditflow_jobs::{Job, JobError};
+use creditflow_reports::ReportDeps;
 use creditflow_store::{Attempt, AttemptEnd, Store};
 
 /// Records each attempt of a job and decides between done, retry and dead.
@@ -126,4 +128,16 @@ pub(crate) async fn scheduled(
     tracker: Data<Tracker>,
 ) -> Result<(), BoxDynError> {
     Box::pin(tracker.run(&job, run_scheduled(&job, &deps))).await
+}
+
+/// `reports`.
+pub(crate) async fn report(
+    job: BuildReportV1,
+    deps: Data<ReportDeps>,
+    tracker: Data<Tracker>,
+) -> Result<(), BoxDynError> {
+    let work = async {
+        creditflow_reports::job::build_report(&job, &deps).await.map(|built| (built.date, built.passed, built.emailed))
+    };
+    Box::pin(tracker.run(&job, work)).await
 }

@@ -23,18 +23,20 @@ use apalis_redis::RedisStorage;
 use apalis_sqlite::{Config as QueueConfig, SqliteStorage};
 use creditflow_jobs::autoreload::{AutoreloadDeps, RunAutoreloadV1};
 use creditflow_jobs::emails::{EmailDeps, EmailJob};
+use creditflow_jobs::reports::BuildReportV1;
 use creditflow_jobs::scheduled::{ScheduledDeps, ScheduledJob};
 use creditflow_jobs::stripe_events::{Deps, ProcessStripeEventV1};
 use creditflow_jobs::usage_batches::{BatchDeps, PriceUsageBatchV1};
 use creditflow_jobs::webhooks::{DeliverWebhookV1, WebhookDeps};
+use creditflow_reports::{ReportDeps, ReportSchedule};
 use creditflow_store::{
-    AUTORELOADS_QUEUE, EMAILS_QUEUE, SCHEDULED_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE,
+    AUTORELOADS_QUEUE, EMAILS_QUEUE, REPORTS_QUEUE, SCHEDULED_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 pub use creditflow_jobs::webhooks::WEBHOOKS_QUEUE;
 pub use relay::relay_once;
-pub use scheduler::{schedule_hours, schedule_once};
+pub use scheduler::{schedule_hours, schedule_once, schedule_report};
 
 /// How often workers tell the queue they are alive, unless configured otherwise.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
@@ -57,6 +59,8 @@ pub struct WorkerSettings {
     pub autoreload_concurrency: usize,
     /// How often the scheduler looks for hourly jobs to record.
     pub schedule_interval: Duration,
+    /// When nightly reports are due (`None`: never scheduled; they can still be queued on demand).
+    pub report_schedule: Option<ReportSchedule>,
     /// Attempts after the first before a transient failure gives up.
     pub retries: usize,
     /// Backoff before the first retry; it doubles (with jitter) up to `retry_delay_max`.
@@ -76,6 +80,7 @@ impl Default for WorkerSettings {
             batch_concurrency: 2,
             autoreload_concurrency: 4,
             schedule_interval: Duration::from_secs(30),
+            report_schedule: None,
             retries: 5,
             retry_delay_min: Duration::from_millis(500),
             retry_delay_max: Duration::from_secs(60),
@@ -102,6 +107,7 @@ enum QueueBackend {
         batches: SqliteStorage<PriceUsageBatchV1>,
         autoreloads: SqliteStorage<RunAutoreloadV1>,
         scheduled: SqliteStorage<ScheduledJob>,
+        reports: SqliteStorage<BuildReportV1>,
     },
     Redis {
         stripe_events: RedisStorage<ProcessStripeEventV1>,
@@ -110,6 +116,7 @@ enum QueueBackend {
         batches: RedisStorage<PriceUsageBatchV1>,
         autoreloads: RedisStorage<RunAutoreloadV1>,
         scheduled: RedisStorage<ScheduledJob>,
+        reports: RedisStorage<BuildReportV1>,
     },
 }
 
@@ -128,6 +135,8 @@ pub struct Handlers {
     pub autoreload: AutoreloadDeps,
     /// Hourly jobs.
     pub scheduled: ScheduledDeps,
+    /// Nightly reports.
+    pub reports: ReportDeps,
 }
 
 /// Key prefix of creditflow's queues in Redis.
@@ -177,8 +186,10 @@ impl Queues {
             let webhooks = RedisStorage::new(connection.clone()).with_config(config(WEBHOOKS_QUEUE));
             let batches = RedisStorage::new(connection.clone()).with_config(config(USAGE_BATCHES_QUEUE));
             let autoreloads = RedisStorage::new(connection.clone()).with_config(config(AUTORELOADS_QUEUE));
-            let scheduled = RedisStorage::new(connection).with_config(config(SCHEDULED_QUEUE));
-            let backend = QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads, scheduled };
+            let scheduled = RedisStorage::new(connection.clone()).with_config(config(SCHEDULED_QUEUE));
+            let reports = RedisStorage::new(connection).with_config(config(REPORTS_QUEUE));
+            let backend =
+                QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports };
             return Ok(Self { backend });
         }
         if !url.starts_with("sqlite:") || url.contains(":memory:") {
@@ -196,7 +207,9 @@ impl Queues {
         let batches = SqliteStorage::new(&pool).with_config(config(USAGE_BATCHES_QUEUE));
         let autoreloads = SqliteStorage::new(&pool).with_config(config(AUTORELOADS_QUEUE));
         let scheduled = SqliteStorage::new(&pool).with_config(config(SCHEDULED_QUEUE));
-        let backend = QueueBackend::Sqlite { pool, stripe_events, emails, webhooks, batches, autoreloads, scheduled };
+        let reports = SqliteStorage::new(&pool).with_config(config(REPORTS_QUEUE));
+        let backend =
+            QueueBackend::Sqlite { pool, stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports };
         Ok(Self { backend })
     }
 
@@ -223,12 +236,14 @@ impl Queues {
             (QueueBackend::Sqlite { batches, .. }, AnyJob::UsageBatch(job)) => push!(batches, job),
             (QueueBackend::Sqlite { autoreloads, .. }, AnyJob::Autoreload(job)) => push!(autoreloads, job),
             (QueueBackend::Sqlite { scheduled, .. }, AnyJob::Scheduled(job)) => push!(scheduled, job),
+            (QueueBackend::Sqlite { reports, .. }, AnyJob::Report(job)) => push!(reports, job),
             (QueueBackend::Redis { stripe_events, .. }, AnyJob::StripeEvent(job)) => push!(stripe_events, job),
             (QueueBackend::Redis { emails, .. }, AnyJob::Email(job)) => push!(emails, job),
             (QueueBackend::Redis { webhooks, .. }, AnyJob::Webhook(job)) => push!(webhooks, job),
             (QueueBackend::Redis { batches, .. }, AnyJob::UsageBatch(job)) => push!(batches, job),
             (QueueBackend::Redis { autoreloads, .. }, AnyJob::Autoreload(job)) => push!(autoreloads, job),
             (QueueBackend::Redis { scheduled, .. }, AnyJob::Scheduled(job)) => push!(scheduled, job),
+            (QueueBackend::Redis { reports, .. }, AnyJob::Report(job)) => push!(reports, job),
         }
     }
 }
@@ -242,6 +257,7 @@ pub(crate) enum AnyJob {
     UsageBatch(PriceUsageBatchV1),
     Autoreload(RunAutoreloadV1),
     Scheduled(ScheduledJob),
+    Report(BuildReportV1),
 }
 
 impl AnyJob {
@@ -255,6 +271,7 @@ impl AnyJob {
             Self::UsageBatch(job) => job.queued(),
             Self::Autoreload(job) => job.queued(),
             Self::Scheduled(job) => job.queued(),
+            Self::Report(job) => job.queued(),
         }
     }
 }
@@ -273,7 +290,7 @@ pub async fn run(
             .map_err(|error| std::io::Error::other(format!("retry backoff settings: {error}")))?;
     let endpoints = handlers.webhooks.endpoints.clone();
     let store_for_tracker = store.clone();
-    let scheduler = tokio::spawn(scheduler::run(store.clone(), settings.schedule_interval, relay_stopped.clone()));
+    let scheduler = tokio::spawn(scheduler::run(store.clone(), settings.clone(), relay_stopped.clone()));
     let relay = tokio::spawn(relay::run(store, queues.clone(), endpoints, relay_stopped));
     let retry = settings.clone();
     let max_attempts = i64::try_from(settings.retries.saturating_add(1)).unwrap_or(i64::MAX);
@@ -295,11 +312,19 @@ pub async fn run(
             }
         }};
     }
-    let (stripe_deps, email_deps, webhook_deps, batch_deps, autoreload_deps, scheduled_deps) =
-        (handlers.stripe, handlers.email, handlers.webhooks, handlers.batches, handlers.autoreload, handlers.scheduled);
+    let (stripe_deps, email_deps, webhook_deps, batch_deps, autoreload_deps, scheduled_deps, report_deps) = (
+        handlers.stripe,
+        handlers.email,
+        handlers.webhooks,
+        handlers.batches,
+        handlers.autoreload,
+        handlers.scheduled,
+        handlers.reports,
+    );
     // One pool per queue, the same on either storage.
     macro_rules! pools {
-        ($stripe_events:expr, $emails:expr, $webhooks:expr, $batches:expr, $autoreloads:expr, $scheduled:expr) => {
+        ($stripe_events:expr, $emails:expr, $webhooks:expr, $batches:expr, $autoreloads:expr, $scheduled:expr,
+         $reports:expr) => {
             Monitor::new()
                 .register(worker!(
                     $stripe_events.clone(),
@@ -331,14 +356,16 @@ pub async fn run(
                     retry.autoreload_concurrency
                 ))
                 .register(worker!($scheduled.clone(), "scheduled", handlers::scheduled, scheduled_deps, 1))
+                // One report at a time per worker: a report is heavy, and one date's is one job.
+                .register(worker!($reports.clone(), "reports", handlers::report, report_deps, 1))
         };
     }
     let monitor = match &queues.backend {
-        QueueBackend::Sqlite { stripe_events, emails, webhooks, batches, autoreloads, scheduled, .. } => {
-            pools!(stripe_events, emails, webhooks, batches, autoreloads, scheduled)
+        QueueBackend::Sqlite { stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports, .. } => {
+            pools!(stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports)
         }
-        QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads, scheduled } => {
-            pools!(stripe_events, emails, webhooks, batches, autoreloads, scheduled)
+        QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports } => {
+            pools!(stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports)
         }
     }
     .shutdown_timeout(settings.shutdown_grace);

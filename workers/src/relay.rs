@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use creditflow_jobs::webhooks::{WEBHOOKS_QUEUE, WebhookEndpoint, fan_out};
 use creditflow_store::{
-    AUTORELOADS_QUEUE, EMAILS_QUEUE, SCHEDULED_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE,
+    AUTORELOADS_QUEUE, EMAILS_QUEUE, REPORTS_QUEUE, SCHEDULED_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE,
     WEBHOOK_EVENTS_QUEUE,
 };
 use tokio::sync::watch;
@@ -49,6 +49,7 @@ fn jobs_for(queue: &str, payload: &str, endpoints: &[WebhookEndpoint]) -> Result
         USAGE_BATCHES_QUEUE => vec![AnyJob::UsageBatch(decode(payload)?)],
         AUTORELOADS_QUEUE => vec![AnyJob::Autoreload(decode(payload)?)],
         SCHEDULED_QUEUE => vec![AnyJob::Scheduled(decode(payload)?)],
+        REPORTS_QUEUE => vec![AnyJob::Report(decode(payload)?)],
         // A delivery an operator retried.
         WEBHOOKS_QUEUE => vec![AnyJob::Webhook(decode(payload)?)],
         WEBHOOK_EVENTS_QUEUE => fan_out(endpoints, payload)?.into_iter().map(AnyJob::Webhook).collect(),

@@ -2,14 +2,16 @@
 //! number of worker processes (the outbox's dedupe key). An hour is scheduled a little after it ends, so debits
 //! stamped in its last moments but committed just after are in it; on start, the last day is caught up (hours that
 //! passed while no worker ran), the dedupe keys skipping those already done. It also deletes the records of jobs
-//! done more than 30 days ago.
-
-use std::time::Duration;
-
+//! done more than 30 days ago. When a report schedule is set, it also records the nightly report's job of the day
+//! the schedule last made due (`report:<date>` dedupe key: one per date across every scheduler).
+use creditflow_jobs::reports::BuildReportV1;
 use creditflow_jobs::scheduled::{HourV1, ScheduledJob};
-use creditflow_store::{SCHEDULED_QUEUE, Store};
+use creditflow_reports::ReportSchedule;
+use creditflow_store::{REPORTS_QUEUE, SCHEDULED_QUEUE, Store};
 use time::OffsetDateTime;
 use tokio::sync::watch;
+
+use crate::WorkerSettings;
 
 /// How long after an hour ends its jobs are recorded.
 const SETTLE: time::Duration = time::Duration::minutes(2);
@@ -39,14 +41,34 @@ pub async fn schedule_once(store: &Store, now: OffsetDateTime) -> Result<Vec<Sch
     schedule_hours(store, now, 1).await
 }
 
+/// Records the report job of the day the schedule last made due before `now`, once per date whatever the number of
+/// schedulers (the outbox's dedupe key); returns it.
+pub async fn schedule_report(
+    store: &Store,
+    schedule: &ReportSchedule,
+    now: OffsetDateTime,
+) -> Result<Option<BuildReportV1>, String> {
+    let Some(date) = schedule.due(now) else { return Ok(None) };
+    let job = BuildReportV1 { date: date.format("%Y-%m-%d").to_string(), force: false, request: None };
+    let payload = serde_json::to_string(&job).map_err(|error| error.to_string())?;
+    store.enqueue_once(REPORTS_QUEUE, &payload, &job.dedupe_key()).await.map_err(|e| e.to_string())?;
+    Ok(Some(job))
+}
+
 /// Schedules every `interval` until `stop` says so, catching up on the last day first.
-pub(crate) async fn run(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(store: Store, settings: WorkerSettings, mut stop: watch::Receiver<bool>) {
+    let (interval, reports) = (settings.schedule_interval, settings.report_schedule);
     let mut hours = CATCH_UP_HOURS;
     loop {
         let now = OffsetDateTime::now_utc();
         match schedule_hours(&store, now, hours).await {
             Ok(_) => hours = 1,
             Err(error) => tracing::warn!(%error, "cannot record the hourly jobs; retrying"),
+        }
+        if let Some(schedule) = &reports
+            && let Err(error) = schedule_report(&store, schedule, now).await
+        {
+            tracing::warn!(%error, "cannot record the nightly report's job; retrying");
         }
         match store.prune_done_jobs(now - DONE_JOBS_KEPT).await {
             Ok(0) => {}

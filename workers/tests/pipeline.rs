@@ -15,6 +15,7 @@ use creditflow_jobs::scheduled::{AnomalyRule, ScheduledDeps};
 use creditflow_jobs::stripe_events::Deps;
 use creditflow_jobs::usage_batches::BatchDeps;
 use creditflow_jobs::webhooks::{WebhookDeps, WebhookEndpoint, sign};
+use creditflow_reports::{Emailed, ReportDeps, ReportSchedule, ReportSettings, ReportZone};
 use creditflow_store::{BatchStatus, BatchSubmitted, JobState, NewAuditRecord, ReceivedEvent, Store};
 use creditflow_testkit::{TestBackend, TestDatabase, redis_namespace, redis_url};
 use creditflow_workers::{Handlers, Queues, WEBHOOKS_QUEUE, WorkerSettings, run};
@@ -131,6 +132,21 @@ fn handlers(
             failures_before_disabling: creditflow_jobs::autoreload::FAILURES_BEFORE_DISABLING,
         },
         scheduled: ScheduledDeps { store: store.clone(), anomaly: AnomalyRule::default() },
+        reports: report_deps(store, mail_folder, Vec::new()),
+    }
+}
+
+/// The report's dependencies: mail to `mail_folder` for `recipients`, no Stripe.
+fn report_deps(store: &Store, mail_folder: &std::path::Path, recipients: Vec<&str>) -> ReportDeps {
+    ReportDeps {
+        store: store.clone(),
+        stripe: None,
+        mailer: Arc::new(Mailer::outbox(mail_folder.to_path_buf()).expect("outbox")),
+        from: "creditflow <billing@creditflow.test>".parse().expect("mailbox"),
+        settings: ReportSettings {
+            recipients: recipients.into_iter().map(|address| address.parse().expect("mailbox")).collect(),
+            ..ReportSettings::default()
+        },
     }
 }
 
@@ -402,4 +418,77 @@ async fn the_scheduler_records_each_hour_once_whatever_the_workers() {
     assert_eq!(caught_up.len(), 48);
     let scheduled = store.unrelayed_outbox(1_000).await.expect("outbox");
     assert_eq!(scheduled.len(), 48, "24 hours, each once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nightly_report_is_queued_once_per_date_and_emailed_once() {
+    let database = TestDatabase::new(TestBackend::Postgres).await;
+    let store = Store::connect(&database.url, 8).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let alice = AccountId::new("alice").expect("valid");
+    let opening = Posting {
+        kind: EntryKind::Adjustment,
+        amount: Millicredits::new(2_000_000),
+        reason: Some("opening balance".into()),
+        rate_version: None,
+        ..usage_debit(&alice, "opening", 0)
+    };
+    store.post(&opening).await.expect("credited");
+
+    // Several schedulers (worker processes) tick after 00:30: one job for yesterday, whatever their number.
+    let schedule = ReportSchedule::parse("30 0 * * *", ReportZone::UTC).expect("schedule");
+    let now = time::OffsetDateTime::now_utc();
+    let today = now.date();
+    let before_half_past = now.time() < time::macros::time!(00:30);
+    for _ in 0..3 {
+        let job = creditflow_workers::schedule_report(&store, &schedule, now).await.expect("scheduled");
+        let expected =
+            if before_half_past { today - time::Duration::days(2) } else { today.previous_day().expect("day") };
+        assert_eq!(job.expect("due").date, expected.to_string());
+    }
+    let outbox = store.unrelayed_outbox(10).await.expect("outbox");
+    let reports: Vec<_> = outbox.iter().filter(|m| m.queue == "reports").collect();
+    assert_eq!(reports.len(), 1, "one report job per date: {outbox:?}");
+    let date = serde_json::from_str::<serde_json::Value>(&reports[0].payload).expect("json")["date"]
+        .as_str()
+        .expect("date")
+        .to_owned();
+
+    let queue_dir = tempfile::tempdir().expect("tempdir");
+    let queues =
+        Queues::open(&format!("sqlite://{}", queue_dir.path().join("queue.db").display())).await.expect("queue");
+    let mail_folder = tempfile::tempdir().expect("tempdir");
+    let report_mail = tempfile::tempdir().expect("tempdir");
+    let packs = PackCatalog::from_toml(
+        "[[packs]]\nid = \"starter\"\nname = \"Starter\"\nprice_usd_cents = 500\ncredits = 5000\n",
+    )
+    .expect("packs");
+    let mut handlers = handlers(&store, packs, mail_folder.path(), Vec::new());
+    handlers.reports = report_deps(&store, report_mail.path(), vec!["finance@example.com"]);
+    let deps = handlers.reports.clone();
+    // Each worker process's scheduler records the job too: still one.
+    let settings = WorkerSettings { report_schedule: Some(schedule), ..WorkerSettings::default() };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let workers = tokio::spawn(run(store.clone(), handlers, queues, settings, async move {
+        let _ = stopped.await;
+    }));
+    let emails = || std::fs::read_dir(report_mail.path()).expect("folder").count();
+    wait_for("the report's email", || async { emails() == 1 }).await;
+    let stored = store.report(&date).await.expect("read").expect("stored");
+    assert!(stored.emailed_at.is_some());
+    assert!(stored.files.iter().any(|(name, _, _)| name == "report.html"), "{:?}", stored.files);
+
+    // The same job again (a redelivery, an operator's retry): the report is rebuilt, the email not sent again.
+    let job = creditflow_jobs::reports::BuildReportV1 { date: date.clone(), force: false, request: None };
+    let again = creditflow_reports::job::build_report(&job, &deps).await.expect("built");
+    assert_eq!(again.emailed, Emailed::AlreadySent);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), workers)
+        .await
+        .expect("stops in time")
+        .expect("joined")
+        .expect("clean");
+    assert_eq!(emails(), 1, "one email per date");
+    let done = store.jobs(Some("reports"), &[JobState::Done], 10).await.expect("jobs");
+    assert_eq!(done.len(), 1, "one job for the date: {done:?}");
 }

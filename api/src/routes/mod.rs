@@ -7,6 +7,7 @@ pub(crate) mod batches;
 pub(crate) mod jobs;
 pub(crate) mod probes;
 pub(crate) mod purchases;
+pub(crate) mod reports;
 pub(crate) mod settings;
 pub(crate) mod usage;
 pub(crate) mod webhooks;

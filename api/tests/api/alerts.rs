@@ -30,8 +30,12 @@ fn alert_rules_use_only_exported_metrics() {
         "billing_reconcile_idempotency_conflicts_total",
         "http_server_request_duration_seconds",
         "billing_jobs",
+        "billing_report_liability_drift_millicredits",
+        "billing_report_purchases_drift_cents",
+        "billing_report_checks_failed",
+        "billing_report_age_seconds",
     ] {
         assert!(named.contains(watched), "no alert watches {watched}");
     }
-    assert!(rules.matches("- alert: ").count() >= 8, "one rule per watched risk");
+    assert!(rules.matches("- alert: ").count() >= 12, "one rule per watched risk");
 }

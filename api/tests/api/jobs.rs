@@ -33,7 +33,7 @@ async fn operators_see_and_repair_jobs(backend: TestBackend) {
     assert_eq!(status, 200, "{body}");
     let queues = body["queues"].as_array().expect("list");
     let names: Vec<&str> = queues.iter().filter_map(|q| q["queue"].as_str()).collect();
-    let expected = ["stripe_events", "usage_batches", "autoreloads", "emails", "webhooks", "scheduled"];
+    let expected = ["stripe_events", "usage_batches", "autoreloads", "emails", "webhooks", "scheduled", "reports"];
     assert_eq!(names, expected, "every queue, empty ones too");
     assert_eq!(
         queues[0],

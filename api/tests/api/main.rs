@@ -11,4 +11,5 @@ mod probes;
 mod protection;
 mod purchases;
 mod reconcile;
+mod reports;
 mod webhooks;
