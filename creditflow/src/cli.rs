@@ -234,6 +234,10 @@ pub(crate) struct SmokeArgs {
     /// The account the checks use (default: a fresh smoke-... account).
     #[arg(long)]
     pub(crate) canary_account: Option<String>,
+    /// An origin the deployment allows (cors_allowed_origins), to check its preflight is answered; a foreign
+    /// origin is always checked to get no CORS headers.
+    #[arg(long, value_name = "ORIGIN")]
+    pub(crate) allowed_origin: Option<String>,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub(crate) json: bool,

@@ -79,6 +79,7 @@ struct Smoke {
     service: String,
     minter: Minter,
     webhook_secret: Option<String>,
+    allowed_origin: Option<String>,
 }
 
 impl Smoke {
@@ -131,6 +132,7 @@ pub(crate) async fn run(loaded: &Loaded, args: &SmokeArgs) -> anyhow::Result<()>
         canary,
         minter,
         webhook_secret: args.webhook_secret.clone().or_else(|| loaded.config.stripe.webhook_secret.clone()),
+        allowed_origin: args.allowed_origin.clone(),
     };
     let mut rows = Vec::new();
     macro_rules! check {
@@ -302,16 +304,24 @@ async fn rate_limit(smoke: &Smoke, now: i64) -> anyhow::Result<String> {
 }
 
 async fn cors(smoke: &Smoke) -> anyhow::Result<String> {
-    let response = smoke
-        .client
-        .request(reqwest::Method::OPTIONS, smoke.url("/api/balance"))
-        .header("origin", "https://evil.example")
-        .header("access-control-request-method", "GET")
-        .send()
-        .await?;
+    let preflight = |origin: &str| {
+        smoke
+            .client
+            .request(reqwest::Method::OPTIONS, smoke.url("/api/balance"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .send()
+    };
+    let response = preflight("https://evil.example").await?;
     let allowed = response.headers().get("access-control-allow-origin").is_some();
     anyhow::ensure!(!allowed, "a foreign origin was allowed");
-    Ok("a foreign origin gets no CORS headers".to_owned())
+    let Some(origin) = smoke.allowed_origin.as_deref() else {
+        return Ok("a foreign origin gets no CORS headers (--allowed-origin checks an allowed one)".to_owned());
+    };
+    let response = preflight(origin).await?;
+    let answered = response.headers().get("access-control-allow-origin").and_then(|value| value.to_str().ok());
+    anyhow::ensure!(answered == Some(origin), "the allowed origin {origin} got {answered:?}");
+    Ok(format!("{origin} allowed, a foreign origin gets no CORS headers"))
 }
 
 async fn sanitized(smoke: &Smoke) -> anyhow::Result<String> {

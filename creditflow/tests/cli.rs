@@ -737,7 +737,8 @@ fn every_setting_compose_yaml_passes_is_one_creditflow_reads() {
 async fn smoke_passes_on_the_embedded_setup_and_names_what_breaks() {
     let dir = tempfile::tempdir().expect("temporary working directory");
     let secret = "whsec_smoke";
-    let server = Server::start(dir.path(), &[("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret)]);
+    let origins = ("CREDITFLOW_CORS_ALLOWED_ORIGINS", r#"["https://app.example.com"]"#);
+    let server = Server::start(dir.path(), &[("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret), origins]);
     let base = server.base_url.clone();
     let smoke = |dir: std::path::PathBuf, args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
@@ -752,20 +753,33 @@ async fn smoke_passes_on_the_embedded_setup_and_names_what_breaks() {
         base.clone(),
         "--webhook-secret".to_owned(),
         secret.to_owned(),
+        "--allowed-origin".to_owned(),
+        "https://app.example.com".to_owned(),
     ];
     args.extend(canary());
     let (code, stdout, stderr) = smoke(dir.path().to_path_buf(), args).await.expect("ran");
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert_eq!(stdout.lines().filter(|line| line.contains(" pass ")).count(), 13, "{stdout}");
+    assert!(stdout.contains("https://app.example.com allowed"), "{stdout}");
     // Without the webhook secret the purchase cannot be sent: that row fails, the others pass (the canary still has
     // credits from the first run), and the exit status says so.
-    let mut args = vec!["smoke".to_owned(), "--base-url".to_owned(), base, "--json".to_owned()];
+    let mut args = vec!["smoke".to_owned(), "--base-url".to_owned(), base.clone(), "--json".to_owned()];
     args.extend(canary());
     let (code, stdout, _) = smoke(dir.path().to_path_buf(), args).await.expect("ran");
     assert_eq!(code, 1);
     let rows: Vec<serde_json::Value> = stdout.lines().map(|line| serde_json::from_str(line).expect("json")).collect();
     let failed: Vec<&str> = rows.iter().filter(|r| r["passed"] == false).filter_map(|r| r["check"].as_str()).collect();
     assert_eq!(failed, ["purchase and redelivery"]);
+    // An origin the deployment does not allow, given as allowed: the CORS row names it.
+    let mut args = vec!["smoke".to_owned(), "--base-url".to_owned(), base.clone(), "--json".to_owned()];
+    args.extend(["--allowed-origin".to_owned(), "https://other.example.com".to_owned()]);
+    args.extend(["--webhook-secret".to_owned(), secret.to_owned()]);
+    args.extend(canary());
+    let (code, stdout, _) = smoke(dir.path().to_path_buf(), args).await.expect("ran");
+    assert_eq!(code, 1);
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|line| serde_json::from_str(line).expect("json")).collect();
+    let failed: Vec<&str> = rows.iter().filter(|r| r["passed"] == false).filter_map(|r| r["check"].as_str()).collect();
+    assert_eq!(failed, ["CORS allowlist"], "{stdout}");
     server.terminate();
 }
 
@@ -885,4 +899,26 @@ async fn report_runs_now_with_progress_emails_once_and_shows_what_it_stored() {
     let (code, _, stderr) = run(dir.path(), &["report"], &[("CREDITFLOW_REPORT__TIME_ZONE", "Mars/Olympus")]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("report.time_zone"), "{stderr}");
+}
+
+/// No Docker engine runs here, so the image is checked by reading the Dockerfile: a build stage and a separate slim
+/// runtime stage that copies only the binary and runs it as an unprivileged user; and secrets stay out of the context.
+#[test]
+fn the_dockerfile_is_multi_stage_and_runs_unprivileged() {
+    let root = format!("{}/..", env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(format!("{root}/Dockerfile")).expect("Dockerfile");
+    // Each stage from its `FROM` line on.
+    let text = format!("\n{dockerfile}");
+    let stages: Vec<&str> = text.split("\nFROM ").skip(1).map(str::trim).collect();
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
+    assert!(stages[0].contains("cargo build --release --locked -p creditflow"), "{}", stages[0]);
+    let runtime = stages[1];
+    assert!(runtime.starts_with("debian:") && runtime.contains("-slim"), "a slim runtime: {runtime}");
+    assert!(!runtime.contains("cargo") && runtime.contains("COPY --from=build /creditflow"), "{runtime}");
+    let user = runtime.lines().find_map(|line| line.strip_prefix("USER ")).expect("a USER line");
+    assert!(user != "root" && user != "0", "runs as {user}");
+    let ignored = std::fs::read_to_string(format!("{root}/.dockerignore")).expect(".dockerignore");
+    for path in ["target", ".git", "*.db", "creditflow-dev-key.pem"] {
+        assert!(ignored.lines().any(|line| line == path), "{path} is kept out of the build context");
+    }
 }
