@@ -140,5 +140,37 @@ async fn limit_body_size<E: Endpoint>(next: E, mut request: Request) -> poem::Re
             request.set_body(Body::from_async_read(body));
         }
     }
+    // JSON may spell the NUL character (`\u0000`), which PostgreSQL cannot store in text: refused up front, on every
+    // backend alike, rather than failing deep in a write.
+    if request.content_type().is_some_and(|kind| kind.starts_with("application/json")) {
+        let body = request.take_body().into_bytes().await?;
+        if escapes_nul(&body) {
+            let error = errors::ApiError::invalid("text fields may not contain the NUL character (\\u0000)");
+            return Ok(poem::IntoResponse::into_response(error));
+        }
+        request.set_body(body);
+    }
     next.call(request).await.map(poem::IntoResponse::into_response)
+}
+
+/// True when JSON text holds the escape `\u0000` (a backslash that is not itself escaped, then `u0000`).
+fn escapes_nul(json: &[u8]) -> bool {
+    json.windows(6).enumerate().any(|(at, window)| {
+        window.eq_ignore_ascii_case(b"\\u0000")
+            && json[..at].iter().rev().take_while(|byte| **byte == b'\\').count() % 2 == 0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escapes_nul;
+
+    #[test]
+    fn only_an_unescaped_backslash_before_u0000_is_a_nul() {
+        assert!(escapes_nul(br#"{"key":"a\u0000b"}"#));
+        assert!(escapes_nul(br#"{"key":"\\\U0000"}"#), "three backslashes: an escaped one, then the escape");
+        assert!(!escapes_nul(br#"{"key":"\\u0000"}"#), "an escaped backslash followed by the text u0000");
+        assert!(!escapes_nul(br#"{"key":"u0000 \u0001"}"#));
+        assert!(!escapes_nul(b""));
+    }
 }

@@ -300,6 +300,7 @@ pub async fn run_report(
     let week_start = zone.days_before(date, 7).start;
     let top_accounts: Vec<String> = frames::strings(&spenders, "account_id")?.into_iter().flatten().collect();
     let week = deps.store.usage_spend_of(&top_accounts, week_start, day.start).await?;
+    let units = deps.store.usage_units_between(day.start, cut).await?;
 
     // 4. Cost coverage.
     progress(Stage::Reprice);
@@ -427,7 +428,7 @@ pub async fn run_report(
     checks.push(check("series_30d", series_passed, series_detail));
 
     // Usage mix.
-    let mix = usage_mix(&models, &settings.expected_mix, settings.mix_tolerance_points, usage_total)?;
+    let mix = usage_mix(&models, &units, &settings.expected_mix, settings.mix_tolerance_points, usage_total)?;
     let flagged: Vec<&MixRow> = mix.iter().filter(|row| row.flagged).collect();
     if settings.expected_mix.is_empty() {
         checks.push(skipped("usage_mix", "no expected mix configured (report.expected_mix)"));
@@ -509,7 +510,7 @@ pub async fn run_report(
             "debitedMillicredits": series.iter().try_fold(0i64, |sum, row| add(sum, row.debited))?,
         },
         "usageMix": mix.iter().map(|row| json!({
-            "model": row.model, "debits": row.debits, "creditsMillicredits": row.credits,
+            "model": row.model, "debits": row.debits, "units": row.units, "creditsMillicredits": row.credits,
             "sharePercent": row.share, "expectedPercent": row.expected, "flagged": row.flagged,
         })).collect::<Vec<_>>(),
         "topSpenders": spender_rows.iter().map(|row| json!({
@@ -568,6 +569,12 @@ pub async fn run_report(
         "expected_percent" => mix.iter().map(|row| row.expected).collect::<Vec<_>>(),
         "flagged" => mix.iter().map(|row| row.flagged).collect::<Vec<_>>(),
     )?;
+    // A column per unit kind priced (`units_input_tokens`...), empty for models that do not price it.
+    let kinds: std::collections::BTreeSet<&String> = mix.iter().flat_map(|row| row.units.keys()).collect();
+    for kind in kinds {
+        let quantities: Vec<Option<u64>> = mix.iter().map(|row| row.units.get(kind).copied()).collect();
+        mix_frame.with_column(Column::new(format!("units_{kind}").into(), quantities))?;
+    }
     files.push(csv("usage_mix.csv", &mut mix_frame)?);
     tables.push(table_of(
         "Usage mix per model",
@@ -888,6 +895,8 @@ fn payments_frame(rows: &[PaymentRow]) -> Result<DataFrame, ReportError> {
 struct MixRow {
     model: String,
     debits: i64,
+    /// The quantities priced, per unit kind.
+    units: BTreeMap<String, u64>,
     credits: i64,
     share: f64,
     expected: Option<f64>,
@@ -901,6 +910,7 @@ fn percent(part: i64, whole: i64) -> f64 {
 
 fn usage_mix(
     models: &DataFrame,
+    units: &BTreeMap<String, BTreeMap<String, u64>>,
     expected: &BTreeMap<String, f64>,
     tolerance: f64,
     total: i64,
@@ -918,7 +928,8 @@ fn usage_mix(
             let share = percent(credits, total);
             let expected_share = expected.get(&model).copied();
             let flagged = !expected.is_empty() && (share - expected_share.unwrap_or(0.0)).abs() > tolerance;
-            MixRow { model, debits: debits.unwrap_or(0), credits, share, expected: expected_share, flagged }
+            let units = units.get(&model).cloned().unwrap_or_default();
+            MixRow { model, debits: debits.unwrap_or(0), units, credits, share, expected: expected_share, flagged }
         })
         .collect();
     // Expected models with no usage at all are deviations too.
@@ -927,6 +938,7 @@ fn usage_mix(
             rows.push(MixRow {
                 model: model.clone(),
                 debits: 0,
+                units: BTreeMap::new(),
                 credits: 0,
                 share: 0.0,
                 expected: Some(*share),
@@ -1099,11 +1111,11 @@ mod tests {
     fn mix_flags_models_off_their_expected_share() {
         let models = df!("model" => ["a", "b"], "debits" => [3i64, 1], "credits" => [700i64, 300]).expect("frame");
         let expected = BTreeMap::from([("a".to_owned(), 50.0), ("b".to_owned(), 45.0), ("c".to_owned(), 5.0)]);
-        let rows = usage_mix(&models, &expected, 10.0, 1_000).expect("mix");
+        let rows = usage_mix(&models, &BTreeMap::new(), &expected, 10.0, 1_000).expect("mix");
         let flags: Vec<(&str, bool)> = rows.iter().map(|row| (row.model.as_str(), row.flagged)).collect();
         // a: 70% vs 50% (flagged); b: 30% vs 45% (flagged); c: 0% vs 5% (within 10 points).
         assert_eq!(flags, [("a", true), ("b", true), ("c", false)]);
-        let none = usage_mix(&models, &BTreeMap::new(), 10.0, 1_000).expect("mix");
+        let none = usage_mix(&models, &BTreeMap::new(), &BTreeMap::new(), 10.0, 1_000).expect("mix");
         assert!(none.iter().all(|row| !row.flagged));
     }
 }

@@ -61,6 +61,8 @@ struct Known {
     payments: i64,
     /// Per model: debits and credits.
     models: BTreeMap<String, (i64, i64)>,
+    /// Per model: the quantities priced, per unit kind.
+    units: BTreeMap<String, BTreeMap<String, u64>>,
     /// Per account: usage.
     spenders: BTreeMap<String, (i64, i64)>,
     usage_entries: Vec<String>,
@@ -174,6 +176,9 @@ impl World {
     async fn usage(&mut self, account_id: &str, model: &str, units: &[(&str, u64)], overcharge: i64) -> String {
         let units: BTreeMap<String, u64> = units.iter().map(|(unit, n)| ((*unit).to_owned(), *n)).collect();
         let price = self.card.charge(model, &units).expect("priced").amount.get() + overcharge;
+        for (unit, quantity) in &units {
+            *self.known.units.entry(model.to_owned()).or_default().entry(unit.clone()).or_default() += quantity;
+        }
         let key = format!("use-{}", self.known.entries);
         let debit = Posting {
             rate_version: Some(RateVersion::new("v1").expect("version")),
@@ -265,6 +270,20 @@ fn check<'a>(summary: &'a Value, name: &str) -> &'a Value {
     summary["checks"].as_array().expect("checks").iter().find(|c| c["name"] == name).expect(name)
 }
 
+/// The mix's CSV has a column per unit kind, empty where a model does not price it.
+async fn mix_csv_has_a_column_per_unit(store: &Store, date: &str) {
+    let mix_csv = store.report_file(date, "usage_mix.csv").await.expect("read").expect("file");
+    let text = String::from_utf8(mix_csv.body).expect("utf-8");
+    let header: Vec<&str> = text.lines().next().expect("header").split(',').collect();
+    for unit in ["units_images", "units_input_tokens", "units_output_tokens", "units_seconds"] {
+        assert!(header.contains(&unit), "{unit} in {header:?}");
+    }
+    let whisper = text.lines().find(|line| line.starts_with("whisper-1,")).expect("whisper row");
+    let column = |name: &str| header.iter().position(|h| *h == name).expect("column");
+    let cells: Vec<&str> = whisper.split(',').collect();
+    assert_eq!((cells[column("units_seconds")], cells[column("units_images")]), ("125", ""), "{whisper}");
+}
+
 async fn every_figure_equals_the_one_computed_here(backend: TestBackend) {
     let mut world = World::new(backend).await;
     world.generate().await;
@@ -322,6 +341,7 @@ async fn every_figure_equals_the_one_computed_here(backend: TestBackend) {
             (Some(debits), Some(credits)),
             "{model}"
         );
+        assert_eq!(row["units"], serde_json::json!(known.units[model]), "{model}");
         let expected = share(credits, known.usage);
         assert!((row["sharePercent"].as_f64().expect("share") - expected).abs() < 1e-9, "{row}");
         assert_eq!(row["flagged"], false);
@@ -362,6 +382,7 @@ async fn every_figure_equals_the_one_computed_here(backend: TestBackend) {
     ] {
         assert!(names.contains(&name), "{name} in {names:?}");
     }
+    mix_csv_has_a_column_per_unit(&world.store, &built.date).await;
     let series_csv = world.store.report_file(&built.date, "series_30d.csv").await.expect("read").expect("file");
     let text = String::from_utf8(series_csv.body).expect("utf-8");
     let last = text.lines().last().expect("rows");

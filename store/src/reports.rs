@@ -352,6 +352,38 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
+    /// The quantities the usage debits posted in `[from, to)` priced, summed per model (`unknown` when none was
+    /// recorded) and unit kind, read as a stream. Debits recorded before units were kept count for nothing here.
+    pub async fn usage_units_between(
+        &self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<BTreeMap<String, BTreeMap<String, u64>>, StoreError> {
+        let sql = "SELECT model, units FROM ledger_entries \
+                   WHERE kind = 'usage_debit' AND created_at >= $1 AND created_at < $2 AND units IS NOT NULL";
+        let mut totals: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        let mut add = |(model, units): (Option<String>, String)| -> Result<(), StoreError> {
+            let units: BTreeMap<String, u64> = serde_json::from_str(&units)
+                .map_err(|error| StoreError::Corrupt(format!("units of a usage debit: {error}")))?;
+            let per_model = totals.entry(model.unwrap_or_else(|| "unknown".to_owned())).or_default();
+            for (unit, quantity) in units {
+                let sum = per_model.entry(unit).or_insert(0);
+                *sum = sum.checked_add(quantity).ok_or_else(|| StoreError::Corrupt("units overflow u64".to_owned()))?;
+            }
+            Ok(())
+        };
+        on_backend!(self, |pool, _dialect| {
+            let mut rows = sqlx::query_as::<_, (Option<String>, String)>(sql)
+                .bind(Timestamp::from(from))
+                .bind(Timestamp::from(to))
+                .fetch(pool);
+            while let Some(row) = rows.try_next().await? {
+                add(row)?;
+            }
+        });
+        Ok(totals)
+    }
+
     /// The usage debits among `entry_ids`, with their model, units and rate card version.
     pub async fn usage_details(&self, entry_ids: &[String]) -> Result<Vec<UsageDetail>, StoreError> {
         if entry_ids.is_empty() {

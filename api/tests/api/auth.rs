@@ -57,6 +57,22 @@ async fn every_bad_token_gets_the_identical_401() {
         ("ES256 where RS256 is configured", Some(good.sign(TestKey::Ec1, None))),
         ("alg=none", Some(alg_none)),
         ("HS256 with the public key", Some(hs256)),
+        ("kid pointing elsewhere", Some(good.sign(TestKey::Rsa2, Some("https://evil.test/jwks.json#key")))),
+        (
+            "truncated",
+            Some({
+                let token = good.sign(TestKey::Rsa1, None);
+                token[..token.len() - 12].to_owned()
+            }),
+        ),
+        (
+            "signature dropped",
+            Some({
+                let token = good.sign(TestKey::Rsa1, None);
+                format!("{}.", &token[..token.rfind('.').expect("three parts")])
+            }),
+        ),
+        ("huge", Some(format!("{}.{}.{}", b64(br#"{"alg":"RS256"}"#), "A".repeat(16 * 1024), "A".repeat(512)))),
         (
             "tampered payload",
             Some({

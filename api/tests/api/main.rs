@@ -5,6 +5,7 @@ mod alerts;
 mod auth;
 mod batches;
 mod helpers;
+mod hostile;
 mod jobs;
 mod ledger;
 mod probes;
