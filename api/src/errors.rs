@@ -62,6 +62,12 @@ pub enum ApiError {
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
     /// The request is well-formed but its content is not acceptable.
+    /// The body is over the size limit (1 MiB; 8 MiB for usage batches).
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
     /// Too many requests from this subject.
@@ -144,6 +150,9 @@ pub(crate) async fn to_json(error: poem::Error) -> Response {
             answer("method_not_allowed", "this route does not take that method".to_owned())
         }
         StatusCode::PAYLOAD_TOO_LARGE => answer("payload_too_large", "the request body is too large".to_owned()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            answer("unsupported_media_type", "send the body as JSON (Content-Type: application/json)".to_owned())
+        }
         status if status.is_client_error() => answer("bad_request", error.to_string()),
         _ => {
             tracing::error!(%status, error = %error, "request failed");

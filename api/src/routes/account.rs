@@ -26,7 +26,7 @@ const EXPORT_CHUNK: i64 = 1_000;
 /// An account's balance.
 #[allow(clippy::struct_field_names, reason = "the names are the wire format")]
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct Balance {
     /// The account.
     account_id: String,
@@ -40,7 +40,7 @@ pub(crate) struct Balance {
 
 /// A page of ledger lines, newest first.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct LedgerPage {
     /// Up to `limit` lines.
     entries: Vec<LedgerLine>,

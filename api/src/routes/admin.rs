@@ -21,7 +21,7 @@ pub(crate) struct AdminApi;
 
 /// A balance correction.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct AdjustmentRequest {
     /// Your key for this adjustment; a retry with the same key and content changes nothing.
     #[oai(validator(min_length = 1, max_length = 240))]
@@ -41,6 +41,7 @@ pub(crate) struct AdjustmentRequest {
 
 /// Why an account is frozen or unfrozen.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub(crate) struct StatusChange {
     /// Recorded in the audit log (required).
     #[oai(validator(min_length = 1, max_length = 1000))]
@@ -49,7 +50,7 @@ pub(crate) struct StatusChange {
 
 /// An account's status after a freeze or unfreeze.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct AccountStatusBody {
     account_id: String,
     /// `active` or `frozen`.
@@ -60,6 +61,7 @@ pub(crate) struct AccountStatusBody {
 
 /// A rate card document to store as a new version.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub(crate) struct RateCardUpload {
     /// The rate card in TOML (`version`, `rounding`, `[models."name"]` prices in credits per unit).
     #[oai(validator(max_length = 262_144))]
@@ -68,7 +70,7 @@ pub(crate) struct RateCardUpload {
 
 /// A stored rate card version.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct RateCardInfo {
     version: String,
     /// `ceil` or `precise`.
@@ -81,7 +83,7 @@ pub(crate) struct RateCardInfo {
 
 /// One activation of a version.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct ActivationInfo {
     /// When it takes effect (RFC 3339).
     effective_at: String,
@@ -95,7 +97,7 @@ pub(crate) struct ActivationInfo {
 
 /// When and to whom a version applies.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct ActivationRequest {
     /// When it takes effect (RFC 3339); now when absent.
     effective_at: Option<String>,
@@ -113,7 +115,7 @@ pub(crate) struct ActivationRequest {
 
 /// A page of the audit log, newest first.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct AuditPage {
     records: Vec<AuditLine>,
     /// Pass as `before` for older records; absent on the last page.
@@ -122,6 +124,7 @@ pub(crate) struct AuditPage {
 
 /// One audit record.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub(crate) struct AuditLine {
     id: i64,
     /// RFC 3339.

@@ -23,7 +23,7 @@ pub(crate) struct BatchesApi;
 
 /// One usage event.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct BatchEvent {
     /// Your id of the event, unique per account (1 to 200 printable ASCII characters): an event id already
     /// debited for the account is counted as a duplicate and not debited again.
@@ -40,7 +40,7 @@ pub(crate) struct BatchEvent {
 
 /// A batch of usage events.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct BatchRequest {
     /// Your key for this submission (1 to 240 characters): resubmitting the same events under it answers with the
     /// first batch; other events under it are a 409.
@@ -68,7 +68,7 @@ pub(crate) struct BatchRejection {
 
 /// A batch and, once completed, what its processing found.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct BatchView {
     /// Batch id (`ubt_...`).
     id: String,

@@ -19,7 +19,7 @@ pub(crate) struct JobsApi;
 
 /// Jobs of one queue by state.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct QueueCounts {
     /// The queue: `stripe_events`, `usage_batches`, `autoreloads`, `emails`, `webhooks` or `scheduled`.
     pub(crate) queue: String,
@@ -39,13 +39,14 @@ pub(crate) struct QueueCounts {
 
 /// Every queue.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub(crate) struct QueuesBody {
     queues: Vec<QueueCounts>,
 }
 
 /// One job.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct JobView {
     /// `<queue>:<what it is about>`, such as `stripe_events:evt_123`.
     id: String,
@@ -66,12 +67,14 @@ pub(crate) struct JobView {
 
 /// A page of jobs.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub(crate) struct JobsBody {
     jobs: Vec<JobView>,
 }
 
 /// Why an operator discards a job.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub(crate) struct DiscardRequest {
     /// Recorded in the audit log (required).
     #[oai(validator(min_length = 1, max_length = 1000))]

@@ -35,7 +35,7 @@ pub(crate) fn credits(amount: Millicredits) -> String {
 
 /// One ledger line as the API shows it.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct LedgerLine {
     /// Entry id (`ent_...`).
     id: String,

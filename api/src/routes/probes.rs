@@ -12,6 +12,7 @@ pub(crate) struct ProbesApi;
 
 /// Liveness.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub(crate) struct Health {
     /// Always `ok`.
     status: String,
@@ -19,7 +20,7 @@ pub(crate) struct Health {
 
 /// Readiness and what it depends on.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct Readiness {
     /// `ready` or `unavailable`.
     status: String,
@@ -31,7 +32,7 @@ pub(crate) struct Readiness {
 
 /// Dependency states.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct Checks {
     /// `ok` or `unreachable`.
     database: String,

@@ -27,7 +27,7 @@ pub(crate) struct PurchasesApi;
 
 /// A pack to buy.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct PurchaseRequest {
     /// A pack id from the catalog, such as `starter`.
     #[oai(validator(min_length = 1, max_length = 64))]
@@ -41,7 +41,7 @@ pub(crate) struct PurchaseRequest {
 
 /// A payment to confirm in the browser.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct PurchaseStarted {
     /// Stripe's PaymentIntent id (`pi_...`).
     payment_intent_id: String,

@@ -18,7 +18,7 @@ pub(crate) struct ReportsApi;
 
 /// One file of a report.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct ReportFileInfo {
     /// `report.html`, `chart.png`, `summary.json`, `top_spenders.csv`...
     name: String,
@@ -32,7 +32,7 @@ pub(crate) struct ReportFileInfo {
 
 /// A stored report.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct ReportView {
     /// The day reported, `YYYY-MM-DD`.
     date: String,

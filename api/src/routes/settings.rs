@@ -17,7 +17,7 @@ pub(crate) struct SettingsApi;
 /// Automatic top-ups: when a usage debit takes the balance under the threshold, the saved card is charged off-session
 /// for as many packs as close the gap (within the monthly cap).
 #[derive(Debug, Default, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct AutoreloadSettings {
     /// Whether autoreload runs (needs `thresholdMillicredits`, `pack` and an `email`).
     #[oai(default)]
@@ -32,7 +32,7 @@ pub(crate) struct AutoreloadSettings {
 
 /// An account's settings. Absent fields are off.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct Settings {
     /// Where low-balance and autoreload emails go.
     email: Option<String>,

@@ -27,7 +27,7 @@ pub(crate) struct UsageApi;
 
 /// One usage record to price and debit.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct ReconcileRequest {
     /// Your key for this request (1 to 240 printable ASCII characters); retries must reuse it.
     #[oai(validator(min_length = 1, max_length = 240))]
@@ -46,7 +46,7 @@ pub(crate) struct ReconcileRequest {
 
 /// A priced and debited usage record.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub(crate) struct Reconciled {
     /// The ledger line written (`null` when the charge was zero and nothing was written).
     entry_id: Option<String>,
