@@ -112,12 +112,12 @@ const SPEND: [(&str, Cell); 3] = [("account_id", Cell::Text), ("debits", Cell::I
 fn spenders(entries: &DataFrame) -> PolarsResult<(Vec<Value>, Vec<Value>)> {
     let top = frames::spend_by_account(entries.clone().lazy(), REPORT_DAY, REPORT_DAY, Some(TOP_SPENDERS))?;
     let accounts: Vec<String> = frames::strings(&top, "account_id")?.into_iter().flatten().collect();
-    // `is_in` is not among the crate's polars features: a chain of equalities selects the (at most ten) accounts.
-    let Some(chosen) = accounts.iter().map(|account| col("account_id").eq(lit(account.as_str()))).reduce(Expr::or)
-    else {
+    if accounts.is_empty() {
         return Ok((Vec::new(), Vec::new()));
-    };
-    let week = frames::spend_by_account(entries.clone().lazy().filter(chosen), PRIOR_WEEK.0, PRIOR_WEEK.1, None)?;
+    }
+    // Every account's spend over the week (one grouping of a week of rows), then the top ones picked from it: cheaper
+    // than filtering ten million rows by ten account ids first.
+    let week = frames::spend_by_account(entries.clone().lazy(), PRIOR_WEEK.0, PRIOR_WEEK.1, None)?;
     let found: Vec<(Option<String>, Value)> =
         frames::strings(&week, "account_id")?.into_iter().zip(rows(&week, &SPEND)?).collect();
     let prior_week = accounts
