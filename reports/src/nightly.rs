@@ -317,21 +317,22 @@ pub async fn run_report(
     let closing = series.last().map_or(opening, |last| last.closing);
     let liability_drift = sub(closing, balances_at_cut)?;
     if complete {
-        for row in series.iter().skip(first_read) {
-            deps.store
-                .save_ledger_day(&LedgerDay {
-                    time_zone: zone.name().to_owned(),
-                    day: row.day.label(),
-                    starts_at: row.day.start,
-                    ends_at: row.day.end,
-                    entries: row.entries,
-                    purchased: row.purchased,
-                    granted: row.granted,
-                    debited: row.debited,
-                    closing_liability: row.closing,
-                })
-                .await?;
-        }
+        let finished: Vec<LedgerDay> = series
+            .iter()
+            .skip(first_read)
+            .map(|row| LedgerDay {
+                time_zone: zone.name().to_owned(),
+                day: row.day.label(),
+                starts_at: row.day.start,
+                ends_at: row.day.end,
+                entries: row.entries,
+                purchased: row.purchased,
+                granted: row.granted,
+                debited: row.debited,
+                closing_liability: row.closing,
+            })
+            .collect();
+        deps.store.save_ledger_days(&finished).await?;
     }
 
     // 6. Checks, tables, summary.

@@ -257,25 +257,33 @@ impl Store {
             .collect())
     }
 
-    /// Keeps a settled day's totals; a day kept before is left as it was.
-    pub async fn save_ledger_day(&self, day: &LedgerDay) -> Result<(), StoreError> {
+    /// Keeps the totals of finished days, in one transaction (one short hold of SQLite's writer however many days);
+    /// a day already kept is left as it was.
+    pub async fn save_ledger_days(&self, days: &[LedgerDay]) -> Result<(), StoreError> {
+        if days.is_empty() {
+            return Ok(());
+        }
         let sql = "INSERT INTO ledger_days (time_zone, day, starts_at, ends_at, entries, purchased_millicredits, \
                    granted_millicredits, debited_millicredits, closing_liability_millicredits, computed_at) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (time_zone, day) DO NOTHING";
-        on_backend!(self, |pool, _dialect| {
-            sqlx::query(sql)
-                .bind(&day.time_zone)
-                .bind(&day.day)
-                .bind(Timestamp::from(day.starts_at))
-                .bind(Timestamp::from(day.ends_at))
-                .bind(day.entries)
-                .bind(day.purchased)
-                .bind(day.granted)
-                .bind(day.debited)
-                .bind(day.closing_liability)
-                .bind(Timestamp::now())
-                .execute(pool)
-                .await?;
+        let now = Timestamp::now();
+        on_backend!(write self, |tx, _dialect| {
+            for day in days {
+                sqlx::query(sql)
+                    .bind(&day.time_zone)
+                    .bind(&day.day)
+                    .bind(Timestamp::from(day.starts_at))
+                    .bind(Timestamp::from(day.ends_at))
+                    .bind(day.entries)
+                    .bind(day.purchased)
+                    .bind(day.granted)
+                    .bind(day.debited)
+                    .bind(day.closing_liability)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }
