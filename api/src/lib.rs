@@ -114,7 +114,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/webhooks/stripe", poem::post(routes::webhooks::stripe))
         .nest("/docs", docs)
         .nest("/", api.into_endpoint())
-        .around(limit_body_size)
+        .around(check_body)
         .data(state)
         .catch_all_error(errors::to_json)
         .with(CatchPanic::new())
@@ -122,9 +122,11 @@ pub fn app(state: AppState) -> impl Endpoint {
         .around(move |next, request| protection::protect(next, request, cors.clone()))
 }
 
-/// Refuses bodies over [`BODY_SIZE_MAX_BYTES`] ([`BATCH_BODY_SIZE_MAX_BYTES`] for usage batches): at once with 413 when `Content-Length` says so, and by reading at
-/// most one byte past the limit when the body is chunked (the truncated body then fails to parse with 400).
-async fn limit_body_size<E: Endpoint>(next: E, mut request: Request) -> poem::Result<Response> {
+/// Checks bodies before any handler reads them. Refuses bodies over [`BODY_SIZE_MAX_BYTES`]
+/// ([`BATCH_BODY_SIZE_MAX_BYTES`] for usage batches): at once with 413 when `Content-Length` says so, and by reading at
+/// most one byte past the limit when the body is chunked (the truncated body then fails to parse with 400). Refuses
+/// JSON that spells the NUL character with 422.
+async fn check_body<E: Endpoint>(next: E, mut request: Request) -> poem::Result<Response> {
     let declared = request
         .headers()
         .get(poem::http::header::CONTENT_LENGTH)
