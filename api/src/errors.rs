@@ -117,6 +117,12 @@ impl From<creditflow_store::StoreError> for ApiError {
                 "unavailable",
                 "too many concurrent writes to this account; retry with the same idempotency key",
             ))),
+            // Unreachable, or no connection in time (down, or every connection busy: the gate's probe, on a
+            // connection of its own, tells which within a quarter of a second). The request may be retried as is.
+            other if other.is_unavailable() || other.is_pool_timeout() => {
+                crate::outage::mark_down();
+                Self::Unavailable(Json(crate::outage::unavailable_body()))
+            }
             other => Self::internal(&other),
         }
     }

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod errors;
 mod limits;
 mod metrics;
+mod outage;
 mod protection;
 mod request_id;
 mod routes;
@@ -115,6 +116,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/docs", docs)
         .nest("/", api.into_endpoint())
         .around(check_body)
+        .around(outage::gate)
         .data(state)
         .catch_all_error(errors::to_json)
         .with(CatchPanic::new())

@@ -66,6 +66,9 @@ pub(crate) struct Config {
     pub(crate) autoreload_failures_before_disabling: i64,
     /// Seconds between worker heartbeats; a worker silent for two is taken for dead and its jobs run again.
     pub(crate) queue_heartbeat_seconds: u64,
+    /// Seconds after which a job the database says is queued, running or retrying, but that has not moved, is queued
+    /// again (the broker may have lost it).
+    pub(crate) queue_requeue_after_seconds: u64,
     /// Prefix of the queues' keys in Redis (deployments sharing one Redis use different ones).
     pub(crate) queue_namespace: String,
     /// Requests per minute per token subject; shared through Redis when `redis_url` is set.
@@ -183,6 +186,7 @@ impl Default for Config {
             anomaly_floor_millicredits: 1_000_000,
             autoreload_failures_before_disabling: 3,
             queue_heartbeat_seconds: 30,
+            queue_requeue_after_seconds: 300,
             queue_namespace: "creditflow".to_owned(),
             rate_limit_per_minute: 100,
             cors_allowed_origins: Vec::new(),
@@ -308,6 +312,9 @@ fn validate_jobs(config: &Config) -> Result<(), ConfigError> {
     }
     if !(1..=300).contains(&config.queue_heartbeat_seconds) {
         return Err(invalid("queue_heartbeat_seconds", "must be 1 to 300"));
+    }
+    if !(1..=86_400).contains(&config.queue_requeue_after_seconds) {
+        return Err(invalid("queue_requeue_after_seconds", "must be 1 to 86400"));
     }
     // The autoreload job has 1 + retries (5) attempts; one is kept for a transient failure.
     if !(1..=5).contains(&config.autoreload_failures_before_disabling) {

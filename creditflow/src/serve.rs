@@ -225,6 +225,7 @@ fn worker_settings(loaded: &Loaded) -> WorkerSettings {
     WorkerSettings {
         shutdown_grace: Duration::from_secs(loaded.config.shutdown_grace_seconds),
         report_schedule: loaded.report_schedule.clone(),
+        requeue_after: Duration::from_secs(loaded.config.queue_requeue_after_seconds),
         ..WorkerSettings::default()
     }
 }

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use creditflow_testkit::{TestBackend, TestDatabase};
 use serde_json::json;
 
+#[path = "cli/faults.rs"]
+mod faults;
+
 const BINARY: &str = env!("CARGO_BIN_EXE_creditflow");
 
 /// Settings a production database needs beside it: a key to verify tokens (the API tests' RSA fixture).

@@ -15,7 +15,12 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 
 /// How long a SQLite writer waits for another process's write lock before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a query waits for a SQLite pool connection (writers queue on the write gate, not here).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a query waits for a PostgreSQL pool connection. While the database is down sqlx retries a refused
+/// connection until then, so this bounds how long a request caught by an outage waits for its 503; the API's outage
+/// gate then refuses the others at once. A healthy pool this busy is overloaded: shedding load is the right answer.
+const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Store {
     /// Opens a pool for `url`: `sqlite://PATH` (created if missing) or `postgres://...`/`postgresql://...`.
@@ -47,7 +52,7 @@ impl Store {
             PgConnection::connect_with(&options).await?.close().await?;
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await?;
             Ok(Self::Postgres(PostgresStore { pool }))
@@ -72,6 +77,21 @@ impl Store {
             sqlx::query("SELECT 1").execute(pool).await?;
         });
         Ok(())
+    }
+
+    /// Checks the database answers on a connection of its own, outside the pool: true even when every pooled
+    /// connection is busy, so it tells a database that is down from one that is only loaded.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(_) => self.ping().await,
+            Self::Postgres(store) => {
+                let options = store.pool.connect_options();
+                let mut connection = PgConnection::connect_with(&*options).await?;
+                sqlx::query("SELECT 1").execute(&mut connection).await?;
+                connection.close().await?;
+                Ok(())
+            }
+        }
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

@@ -32,6 +32,25 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when no database connection could be had in time: the database is down, or every connection is busy.
+    pub fn is_pool_timeout(&self) -> bool {
+        matches!(self, Self::Database(sqlx::Error::PoolTimedOut))
+    }
+
+    /// True when the database could not be reached or dropped the connection (refused, reset, shutting down): the
+    /// request may succeed later, unchanged. Not for errors the database answered with, nor for a pool that was
+    /// only busy ([`StoreError::is_pool_timeout`]).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => true,
+            Self::Database(sqlx::Error::Database(error)) => error.code().is_some_and(|code| {
+                // PostgreSQL: class 08 connection exceptions; 57P01-57P03 shutting down or starting up.
+                code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+            }),
+            _ => false,
+        }
+    }
+
     /// True for a unique-constraint violation, which a concurrent writer of the same key causes.
     pub(crate) fn is_unique_violation(&self) -> bool {
         matches!(self, Self::Database(sqlx::Error::Database(error)) if error.is_unique_violation())

@@ -96,9 +96,27 @@ impl Store {
 
     /// Outbox messages not yet relayed, oldest first.
     pub async fn unrelayed_outbox(&self, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
-        let sql = "SELECT id, queue, payload FROM outbox WHERE relayed_at IS NULL ORDER BY id LIMIT $1";
-        let rows: Vec<OutboxMessage> =
-            on_backend!(self, |pool, _dialect| sqlx::query_as(sql).bind(limit).fetch_all(pool).await?);
+        self.unrelayed_outbox_except(&[], limit).await
+    }
+
+    /// Outbox messages not yet relayed, oldest first, leaving out those of the queues in `except`.
+    pub async fn unrelayed_outbox_except(&self, except: &[&str], limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut sql = String::from("SELECT id, queue, payload FROM outbox WHERE relayed_at IS NULL");
+        if !except.is_empty() {
+            // Only placeholders are generated; every value is bound.
+            let placeholders: Vec<String> = (2..=except.len() + 1).map(|n| format!("${n}")).collect();
+            sql.push_str(" AND queue NOT IN (");
+            sql.push_str(&placeholders.join(", "));
+            sql.push(')');
+        }
+        sql.push_str(" ORDER BY id LIMIT $1");
+        let rows: Vec<OutboxMessage> = on_backend!(self, |pool, _dialect| {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(limit);
+            for queue in except {
+                query = query.bind(*queue);
+            }
+            query.fetch_all(pool).await?
+        });
         Ok(rows)
     }
 }

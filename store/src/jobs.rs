@@ -294,6 +294,47 @@ impl Store {
         Ok(())
     }
 
+    /// Queues again, through the outbox, the jobs that should be moving but whose records have not changed since
+    /// `stalled_since` (pending, running or retrying), at most `limit` of them, oldest first; returns them.
+    ///
+    /// This is what recovers jobs a broker lost: a Redis that restarted without its data, or was flushed, no longer
+    /// holds jobs the database says are queued. Each record's `updated_at` is moved to now in the same transaction,
+    /// so concurrent sweeps (one per worker process) requeue a job once, and the next sweep waits a whole period
+    /// again. A copy queued twice is harmless: every handler is idempotent and a worker skips a job whose record is
+    /// final.
+    pub async fn requeue_stalled_jobs(
+        &self,
+        stalled_since: time::OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<QueuedJob>, StoreError> {
+        // The outer condition repeats the inner one: PostgreSQL re-checks it on the row a concurrent sweep just
+        // updated, so the second sweep skips it.
+        let sql = "UPDATE jobs SET updated_at = $2 \
+                   WHERE state IN ('pending', 'running', 'retrying') AND updated_at < $1 AND id IN (\
+                     SELECT id FROM jobs WHERE state IN ('pending', 'running', 'retrying') AND updated_at < $1 \
+                     ORDER BY updated_at LIMIT $3) \
+                   RETURNING id, queue, payload";
+        let now = Timestamp::now();
+        on_backend!(write self, |tx, _dialect| {
+            let rows: Vec<(String, String, String)> = sqlx::query_as(sql)
+                .bind(Timestamp::from(stalled_since))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            for (_, queue, payload) in &rows {
+                sqlx::query("INSERT INTO outbox (queue, payload, created_at) VALUES ($1, $2, $3)")
+                    .bind(queue.as_str())
+                    .bind(payload.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(rows.into_iter().map(|(id, queue, payload)| QueuedJob { id, queue, payload }).collect())
+        })
+    }
+
     /// Deletes the records of jobs done before `before` (the work they did is in the ledger and the audit log);
     /// returns how many. Failed, dead and discarded records stay for operators.
     pub async fn prune_done_jobs(&self, before: time::OffsetDateTime) -> Result<u64, StoreError> {

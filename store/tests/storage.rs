@@ -60,6 +60,7 @@ storage_suite!(
     a_low_balance_notice_is_queued_once_per_crossing,
     grouped_postings_match_the_reference_model,
     large_groups_post_in_order_and_cross_the_threshold_once,
+    stalled_jobs_are_queued_again_once,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

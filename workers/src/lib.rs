@@ -13,12 +13,15 @@ mod handlers;
 mod relay;
 mod scheduler;
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use apalis::layers::retry::backoff::{ExponentialBackoffMaker, MakeBackoff};
-use apalis::layers::retry::{HasherRng, RetryPolicy};
+use apalis::layers::limit::ConcurrencyLimitLayer;
+use apalis::layers::retry::backoff::{ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
+use apalis::layers::retry::{HasherRng, RetryLayer, RetryPolicy};
 use apalis::prelude::*;
+use apalis_core::backend::BackendConfig;
 use apalis_redis::RedisStorage;
 use apalis_sqlite::{Config as QueueConfig, SqliteStorage};
 use creditflow_jobs::autoreload::{AutoreloadDeps, RunAutoreloadV1};
@@ -41,8 +44,10 @@ pub use scheduler::{schedule_hours, schedule_once, schedule_report};
 /// How often workers tell the queue they are alive, unless configured otherwise.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 
-/// How long an idle worker waits before looking for new jobs again.
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How long an idle worker waits before looking for new jobs again: a job waits half of it on average before it
+/// starts, so it is most of the time from a Stripe event to its credit (about 70 Redis calls a second per idle worker
+/// process, seven queues).
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Settings of the worker pools.
 #[derive(Clone, Debug)]
@@ -69,6 +74,9 @@ pub struct WorkerSettings {
     pub retry_delay_max: Duration,
     /// How long graceful shutdown waits for jobs in flight.
     pub shutdown_grace: Duration,
+    /// A job whose record says it is pending, running or retrying but has not changed for this long is queued
+    /// again from the database: the broker may have lost it. Longer than the longest backoff and the longest job.
+    pub requeue_after: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -85,6 +93,7 @@ impl Default for WorkerSettings {
             retry_delay_min: Duration::from_millis(500),
             retry_delay_max: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            requeue_after: Duration::from_secs(300),
         }
     }
 }
@@ -110,6 +119,10 @@ enum QueueBackend {
         reports: SqliteStorage<BuildReportV1>,
     },
     Redis {
+        /// For reading how many jobs wait in each queue.
+        connection: apalis_redis::ConnectionManager,
+        /// Each queue with its scheduled-jobs set and its ready list.
+        keys: Vec<(&'static str, String, String)>,
         stripe_events: RedisStorage<ProcessStripeEventV1>,
         emails: RedisStorage<EmailJob>,
         webhooks: RedisStorage<DeliverWebhookV1>,
@@ -175,12 +188,15 @@ impl Queues {
     pub async fn open_with(url: &str, namespace: &str, heartbeat: Duration) -> Result<Self, QueueError> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             let connection = apalis_redis::connect(url).await.map_err(|error| QueueError::Redis(error.to_string()))?;
-            let config = |queue: &str| {
-                apalis_redis::Config::default()
-                    .queue(format!("{namespace}:{queue}"))
-                    .heartbeat_interval(heartbeat)
-                    .missed_heartbeats(2)
-            };
+            let config = |queue: &str| redis_queue_config(namespace, queue, heartbeat);
+            let keys = creditflow_store::JOB_QUEUES
+                .iter()
+                .map(|queue| {
+                    let config = config(queue);
+                    (*queue, config.scheduled_jobs_set(), config.active_jobs_list())
+                })
+                .collect();
+            let watcher = connection.clone();
             let stripe_events = RedisStorage::new(connection.clone()).with_config(config(STRIPE_EVENTS_QUEUE));
             let emails = RedisStorage::new(connection.clone()).with_config(config(EMAILS_QUEUE));
             let webhooks = RedisStorage::new(connection.clone()).with_config(config(WEBHOOKS_QUEUE));
@@ -188,8 +204,17 @@ impl Queues {
             let autoreloads = RedisStorage::new(connection.clone()).with_config(config(AUTORELOADS_QUEUE));
             let scheduled = RedisStorage::new(connection.clone()).with_config(config(SCHEDULED_QUEUE));
             let reports = RedisStorage::new(connection).with_config(config(REPORTS_QUEUE));
-            let backend =
-                QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports };
+            let backend = QueueBackend::Redis {
+                connection: watcher,
+                keys,
+                stripe_events,
+                emails,
+                webhooks,
+                batches,
+                autoreloads,
+                scheduled,
+                reports,
+            };
             return Ok(Self { backend });
         }
         if !url.starts_with("sqlite:") || url.contains(":memory:") {
@@ -222,6 +247,22 @@ impl Queues {
         sqlx::query_as(sql).bind(queue).fetch_all(pool).await.map(Some)
     }
 
+    /// Jobs waiting in the broker per queue, pushed and not yet fetched by a worker: read from each queue's keys on
+    /// Redis; empty on the embedded queue, which needs no such count.
+    pub(crate) async fn waiting(&self) -> Result<HashMap<String, i64>, String> {
+        let QueueBackend::Redis { connection, keys, .. } = &self.backend else { return Ok(HashMap::new()) };
+        let mut pipe = redis::pipe();
+        for (_, scheduled, ready) in keys {
+            pipe.zcard(scheduled).llen(ready);
+        }
+        let counts: Vec<i64> = pipe.query_async(&mut connection.clone()).await.map_err(|e| e.to_string())?;
+        Ok(keys
+            .iter()
+            .zip(counts.chunks(2))
+            .map(|((queue, _, _), pair)| ((*queue).to_owned(), pair.iter().sum()))
+            .collect())
+    }
+
     /// Pushes a job to its queue.
     pub(crate) async fn push(&self, job: AnyJob) -> Result<(), String> {
         macro_rules! push {
@@ -246,6 +287,50 @@ impl Queues {
             (QueueBackend::Redis { reports, .. }, AnyJob::Report(job)) => push!(reports, job),
         }
     }
+}
+
+/// The apalis-redis settings of one of creditflow's queues: its keys under `{namespace}:{queue}`, and its workers
+/// beating every `heartbeat` (one silent for two beats is taken for dead and its jobs in flight are queued again).
+/// [`Queues::open_with`] opens every queue with these; they are public so that a benchmark can open a queue of its
+/// own job type exactly as production opens its queues.
+pub fn redis_queue_config(namespace: &str, queue: &str, heartbeat: Duration) -> apalis_redis::Config {
+    apalis_redis::Config::default()
+        .queue(format!("{namespace}:{queue}"))
+        .heartbeat_interval(heartbeat)
+        .missed_heartbeats(2)
+}
+
+/// The middleware of every worker [`run`] starts, outermost first: the limit on jobs run at once, then the in-process
+/// retry with backoff (so a job waiting for its retry keeps its place in the limit).
+pub type WorkerLayers =
+    Stack<RetryLayer<BackoffRetryPolicy<ExponentialBackoff<HasherRng>>>, Stack<ConcurrencyLimitLayer, Identity>>;
+
+/// The backoff between in-process retries that `settings` describe: from `retry_delay_min`, doubling with jitter, up
+/// to `retry_delay_max`. Fails if those bounds are unusable (the minimum above the maximum, for instance).
+pub fn retry_backoff(settings: &WorkerSettings) -> Result<ExponentialBackoffMaker, std::io::Error> {
+    ExponentialBackoffMaker::new(settings.retry_delay_min, settings.retry_delay_max, 0.5, HasherRng::default())
+        .map_err(|error| std::io::Error::other(format!("retry backoff settings: {error}")))
+}
+
+/// A worker as [`run`] builds one for each queue, up to its handler's data and the handler: named `name` plus a
+/// fresh unique suffix (apalis refuses a name it saw within the heartbeat window, so a restarted worker needs a new
+/// one), polling `storage` again every 200 ms when it finds nothing, running at most `concurrency` jobs at once and
+/// retrying a failed job up to `retries` times in process with `backoff`. Public so that a benchmark runs a job of its
+/// own through the same worker as production's.
+pub fn worker_builder<S>(
+    name: &str,
+    storage: S,
+    concurrency: usize,
+    retries: usize,
+    backoff: &ExponentialBackoffMaker,
+) -> WorkerBuilder<S::Args, PollWith<S, IntervalStrategy>, WorkerLayers>
+where
+    S: Backend + BackendConfig,
+{
+    WorkerBuilder::new(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
+        .backend(storage.poll_with_interval(POLL_INTERVAL))
+        .concurrency(concurrency)
+        .retry(RetryPolicy::retries(retries).with_backoff(backoff.clone().make_backoff()))
 }
 
 /// A job of any queue.
@@ -276,6 +361,15 @@ impl AnyJob {
     }
 }
 
+/// A pool whose worker ended with an error is started again (under a fresh name). Without this, a Redis that restarts
+/// empty ends every pool for good ("worker not registered") while the process lives on, taking no jobs. The short
+/// pause keeps a broker that stays down from turning restarts into a busy loop.
+fn restart_failed_pool(worker: &WorkerContext, error: &WorkerError) -> bool {
+    tracing::warn!(worker = worker.name(), restarts = worker.restarts(), %error, "a worker pool failed; restarting it");
+    std::thread::sleep(Duration::from_millis(200));
+    true
+}
+
 /// Runs the relay and the worker pools until `shutdown` resolves, then lets jobs in flight finish.
 pub async fn run(
     store: Store,
@@ -285,27 +379,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), std::io::Error> {
     let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
-    let backoff =
-        ExponentialBackoffMaker::new(settings.retry_delay_min, settings.retry_delay_max, 0.5, HasherRng::default())
-            .map_err(|error| std::io::Error::other(format!("retry backoff settings: {error}")))?;
+    let backoff = retry_backoff(&settings)?;
     let endpoints = handlers.webhooks.endpoints.clone();
     let store_for_tracker = store.clone();
     let scheduler = tokio::spawn(scheduler::run(store.clone(), settings.clone(), relay_stopped.clone()));
+    let requeue =
+        tokio::spawn(scheduler::requeue_stalled(store.clone(), settings.requeue_after, relay_stopped.clone()));
     let relay = tokio::spawn(relay::run(store, queues.clone(), endpoints, relay_stopped));
     let retry = settings.clone();
     let max_attempts = i64::try_from(settings.retries.saturating_add(1)).unwrap_or(i64::MAX);
     let tracker = handlers::Tracker { store: store_for_tracker, max_attempts };
-    // The same workers on either storage; a fresh, unique name on every (re)start, as apalis refuses a name it saw
-    // within the heartbeat window.
+    // The same workers on either storage; a fresh, unique name on every (re)start (see `worker_builder`).
     macro_rules! worker {
         ($storage:expr, $name:literal, $handler:path, $data:expr, $concurrency:expr) => {{
             let (storage, data, backoff, retry) = ($storage, $data, backoff.clone(), retry.clone());
             let tracker = tracker.clone();
             move |_restarts: usize| {
-                WorkerBuilder::new(format!("{}-{}", $name, uuid::Uuid::new_v4().simple()))
-                    .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
-                    .concurrency($concurrency)
-                    .retry(RetryPolicy::retries(retry.retries).with_backoff(backoff.clone().make_backoff()))
+                worker_builder($name, storage.clone(), $concurrency, retry.retries, &backoff)
                     .data(data.clone())
                     .data(tracker.clone())
                     .build($handler)
@@ -364,11 +454,12 @@ pub async fn run(
         QueueBackend::Sqlite { stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports, .. } => {
             pools!(stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports)
         }
-        QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports } => {
+        QueueBackend::Redis { stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports, .. } => {
             pools!(stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports)
         }
     }
-    .shutdown_timeout(settings.shutdown_grace);
+    .shutdown_timeout(settings.shutdown_grace)
+    .should_restart(restart_failed_pool);
     let signal = async move {
         shutdown.await;
         let _ = stop_relay.send(true);
@@ -380,6 +471,9 @@ pub async fn run(
     }
     if let Err(error) = scheduler.await {
         tracing::error!(%error, "the scheduler ended abnormally");
+    }
+    if let Err(error) = requeue.await {
+        tracing::error!(%error, "the stalled-job sweep ended abnormally");
     }
     result
 }

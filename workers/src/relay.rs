@@ -12,13 +12,33 @@ use tokio::sync::watch;
 
 use crate::{AnyJob, Queues};
 
-const BATCH: i64 = 100;
-const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Outbox messages read per pass.
+const BATCH: i64 = 500;
+/// Jobs of one queue waiting in the broker (pushed, not yet fetched) past which the relay holds that queue's outbox
+/// messages back. apalis-redis 1.0 moves every due job of a queue to its ready list in one Lua call, which
+/// fails with "too many results to unpack" past about 8,000 jobs and then fails again on every poll: a burst larger
+/// than that, pushed faster than the workers take it, would stop the queue for good. Held back, the burst waits in
+/// the outbox (in the database, safe) and is relayed as the workers take jobs.
+const WAITING_MAX: i64 = 2_000;
+/// How long the relay waits after a pass that found nothing: the other part of the time from an outbox row to its job.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
 const ERROR_WAIT: Duration = Duration::from_secs(1);
 
 /// Relays every unrelayed outbox message once; returns how many were relayed.
 pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndpoint]) -> Result<usize, String> {
-    let messages = store.unrelayed_outbox(BATCH).await.map_err(|e| e.to_string())?;
+    let mut waiting = queues.waiting().await?;
+    // The outbox queues whose jobs would land in a queue that is full: left out of this pass, so that they neither
+    // overfill it nor stand in front of the other queues' messages.
+    let mut held: Vec<&str> = Vec::new();
+    for (queue, count) in &waiting {
+        if *count >= WAITING_MAX {
+            held.push(queue.as_str());
+            if queue == WEBHOOKS_QUEUE {
+                held.push(WEBHOOK_EVENTS_QUEUE);
+            }
+        }
+    }
+    let messages = store.unrelayed_outbox_except(&held, BATCH).await.map_err(|e| e.to_string())?;
     let mut relayed = 0;
     for message in messages {
         let jobs = match jobs_for(&message.queue, &message.payload, endpoints) {
@@ -29,6 +49,13 @@ pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndp
             }
         };
         let records: Vec<_> = jobs.iter().map(AnyJob::queued).collect();
+        if records.iter().any(|job| waiting.get(&job.queue).copied().unwrap_or(0) >= WAITING_MAX) {
+            // Its queue has enough waiting in the broker; the message stays in the outbox for a later pass.
+            continue;
+        }
+        for job in &records {
+            *waiting.entry(job.queue.clone()).or_default() += 1;
+        }
         for job in jobs {
             queues.push(job).await.map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
         }

@@ -19,6 +19,8 @@ const SETTLE: time::Duration = time::Duration::minutes(2);
 const CATCH_UP_HOURS: i64 = 24;
 /// How long the records of done jobs are kept.
 const DONE_JOBS_KEPT: time::Duration = time::Duration::days(30);
+/// Stalled jobs queued again per sweep: a broker that lost a large backlog is refilled over several sweeps.
+const REQUEUE_BATCH: i64 = 1_000;
 
 /// Records the jobs of the last `hours` finished hours before `now` (oldest first); returns them.
 pub async fn schedule_hours(store: &Store, now: OffsetDateTime, hours: i64) -> Result<Vec<ScheduledJob>, String> {
@@ -78,6 +80,36 @@ pub(crate) async fn run(store: Store, settings: WorkerSettings, mut stop: watch:
         tokio::select! {
             changed = stop.changed() => if changed.is_err() || *stop.borrow() { return },
             () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Every `after / 4` (at least a second), queues again the jobs whose records say they should be moving but have
+/// not changed for `after`: the jobs a broker lost (a Redis restarted without its data) are relayed again from the
+/// database. Runs until `stop` says so.
+pub(crate) async fn requeue_stalled(store: Store, after: std::time::Duration, mut stop: watch::Receiver<bool>) {
+    let every = (after / 4).max(std::time::Duration::from_secs(1));
+    let Ok(after) = time::Duration::try_from(after) else { return };
+    loop {
+        tokio::select! {
+            changed = stop.changed() => if changed.is_err() || *stop.borrow() { return },
+            () = tokio::time::sleep(every) => {}
+        }
+        loop {
+            match store.requeue_stalled_jobs(OffsetDateTime::now_utc() - after, REQUEUE_BATCH).await {
+                Ok(jobs) if jobs.is_empty() => break,
+                Ok(jobs) => {
+                    let first = jobs.first().map(|job| job.id.as_str()).unwrap_or_default();
+                    tracing::warn!(count = jobs.len(), first, "stalled jobs queued again (lost by the broker?)");
+                    if jobs.len() < usize::try_from(REQUEUE_BATCH).unwrap_or(usize::MAX) {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot look for stalled jobs; retrying");
+                    break;
+                }
+            }
         }
     }
 }

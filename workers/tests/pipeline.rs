@@ -493,3 +493,41 @@ async fn the_nightly_report_is_queued_once_per_date_and_emailed_once() {
     let done = store.jobs(Some("reports"), &[JobState::Done], 10).await.expect("jobs");
     assert_eq!(done.len(), 1, "one job for the date: {done:?}");
 }
+
+/// apalis-redis 1.0 moves every due job of a queue to its ready list in one Lua call, which fails past about 8,000
+/// jobs ("too many results to unpack") and then on every poll: the relay must never let a queue's backlog in Redis
+/// grow that far. A burst of 2,500 jobs with no worker taking them: 2,000 are pushed, the rest wait in the outbox,
+/// and the queues behind it are not held up.
+#[tokio::test]
+async fn the_relay_keeps_a_burst_in_the_outbox_rather_than_overfilling_redis() {
+    let database = TestDatabase::new(TestBackend::Postgres).await;
+    let store = Store::connect(&database.url, 4).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let queues = Queues::open_in(&redis_url(), &redis_namespace()).await.expect("queue");
+    // 1,250 hours of rollup and anomaly jobs: 2,500 jobs for the `scheduled` queue.
+    let jobs = creditflow_workers::schedule_hours(&store, time::OffsetDateTime::now_utc(), 1_250).await.expect("jobs");
+    assert_eq!(jobs.len(), 2_500);
+    let payload = event("evt_behind_the_burst", &serde_json::json!({}));
+    let behind = ReceivedEvent {
+        id: "evt_behind_the_burst",
+        event_type: "payment_intent.succeeded",
+        livemode: false,
+        payload: &payload,
+    };
+    store.receive_stripe_event(&behind).await.expect("stored");
+    let mut relayed = 0;
+    loop {
+        let pass = creditflow_workers::relay_once(&store, &queues, &[]).await.expect("relay");
+        if pass == 0 {
+            break;
+        }
+        relayed += pass;
+    }
+    assert_eq!(relayed, 2_001, "2,000 scheduled jobs and the Stripe event behind them");
+    assert_eq!(store.unrelayed_outbox(1_000).await.expect("outbox").len(), 500, "the rest wait in the outbox");
+    let counts = store.job_counts().await.expect("counts");
+    let pending = |queue: &str| {
+        counts.iter().find(|(q, state, _)| q == queue && *state == JobState::Pending).map_or(0, |(_, _, n)| *n)
+    };
+    assert_eq!((pending("scheduled"), pending("stripe_events")), (2_000, 1));
+}

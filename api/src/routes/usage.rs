@@ -97,20 +97,16 @@ impl UsageApi {
         let fingerprint = fingerprint(account_id.as_str(), &request);
         // Callers' keys live in their own namespace, apart from the keys creditflow's jobs use (`payment:...`).
         let key = format!("{CALLER_KEY_PREFIX}{}", request.idempotency_key);
-        // A retry is answered from the first entry before anything is priced: the rate card may have changed since.
-        if let Some(first) = store.entry_by_key(&account_id, &key).await? {
-            if first.source_ref.as_deref() != Some(fingerprint.as_str()) {
-                metrics::counter!(crate::metrics::RECONCILE_IDEMPOTENCY_CONFLICTS).increment(1);
-                let message = "this idempotency key was already used for a different request";
-                return Err(ApiError::Conflict(Json(ErrorBody::new("idempotency_conflict", message))));
-            }
-            let amount = first.amount.checked_neg().unwrap_or(Millicredits::MAX);
-            let version = first.rate_version.as_ref().map_or_else(String::new, ToString::to_string);
-            let body = reconciled(&account_id, &request, Some(first.id), amount, first.balance_after, version);
-            return Ok(ReconcileResponse::Ok(Json(body), "true".to_owned()));
+        // A retry is answered from its first entry, whatever today's rate card says. The posting below finds the key
+        // itself (under the account lock), so the key is looked up beforehand only when the request cannot be
+        // priced or prices to nothing now: its first use may have been priced by an earlier card.
+        let priced = price(&active.card, &request);
+        if !matches!(&priced, Ok((charge, _)) if charge.amount != Millicredits::ZERO)
+            && let Some(first) = store.entry_by_key(&account_id, &key).await?
+        {
+            return replay(&account_id, &request, &fingerprint, first);
         }
-        let (charge, units) = price(&active.card, &request)?;
-        store.create_account(&account_id).await?;
+        let (charge, units) = priced?;
         let spend_cap = store
             .settings(&account_id)
             .await?
@@ -138,9 +134,15 @@ impl UsageApi {
             usage: Some(creditflow_domain::UsageRecord { model: request.model.clone(), units }),
         };
         posting.validate().map_err(|invalid| ApiError::invalid(invalid.to_string()))?;
-        let outcome = store.post(&posting).await.inspect_err(|_| {
+        let failed = |_: &creditflow_store::StoreError| {
             metrics::counter!(crate::metrics::LEDGER_WRITE_FAILURES).increment(1);
-        })?;
+        };
+        let mut outcome = store.post(&posting).await.inspect_err(failed)?;
+        if matches!(outcome, PostingOutcome::AccountNotFound) {
+            // A first debit of an account nobody has credited: it exists from now on (with nothing to pay with).
+            store.create_account(&account_id).await?;
+            outcome = store.post(&posting).await.inspect_err(failed)?;
+        }
         let (entry, replayed) = match outcome {
             PostingOutcome::Created(entry) => {
                 metrics::counter!(crate::metrics::RECONCILE_DEBITS).increment(1);
@@ -184,6 +186,24 @@ impl UsageApi {
         let body = answer(Some(entry.id), amount, entry.balance_after, version);
         Ok(ReconcileResponse::Ok(Json(body), replayed.to_string()))
     }
+}
+
+/// The answer to a request whose key was used before: the first result, or 409 when that was a different request.
+fn replay(
+    account_id: &creditflow_domain::AccountId,
+    request: &ReconcileRequest,
+    fingerprint: &str,
+    first: creditflow_domain::Entry,
+) -> Result<ReconcileResponse, ApiError> {
+    if first.source_ref.as_deref() != Some(fingerprint) {
+        metrics::counter!(crate::metrics::RECONCILE_IDEMPOTENCY_CONFLICTS).increment(1);
+        let message = "this idempotency key was already used for a different request";
+        return Err(ApiError::Conflict(Json(ErrorBody::new("idempotency_conflict", message))));
+    }
+    let amount = first.amount.checked_neg().unwrap_or(Millicredits::MAX);
+    let version = first.rate_version.as_ref().map_or_else(String::new, ToString::to_string);
+    let body = reconciled(account_id, request, Some(first.id), amount, first.balance_after, version);
+    Ok(ReconcileResponse::Ok(Json(body), "true".to_owned()))
 }
 
 /// Prefix of callers' idempotency keys in the ledger.

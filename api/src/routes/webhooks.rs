@@ -83,11 +83,15 @@ pub(crate) async fn stripe(request: &Request, body: Body, state: Data<&AppState>
         }
         Err(error) => {
             // Stripe retries non-2xx answers, so a failed write is retried rather than lost.
-            tracing::error!(%error, event_id = %head.id, "cannot store a Stripe event");
             metrics::counter!(WEBHOOK_EVENTS, "source" => "stripe", "status" => "error").increment(1);
-            let body = ErrorBody::new("internal", "internal error");
-            (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({"code": body.code, "message": body.message})))
-                .into_response()
+            let (status, body) = if error.is_unavailable() || error.is_pool_timeout() {
+                crate::outage::mark_down();
+                (StatusCode::SERVICE_UNAVAILABLE, crate::outage::unavailable_body())
+            } else {
+                tracing::error!(%error, event_id = %head.id, "cannot store a Stripe event");
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorBody::new("internal", "internal error"))
+            };
+            (status, Json(serde_json::json!({"code": body.code, "message": body.message}))).into_response()
         }
     }
 }

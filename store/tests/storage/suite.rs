@@ -515,3 +515,48 @@ pub(crate) async fn large_groups_post_in_order_and_cross_the_threshold_once(db: 
     assert!(matches!(error, StoreError::InvalidPosting(PostingInvalid::AccountId)), "{error:?}");
     db.assert_balance(&other, 10).await;
 }
+
+pub(crate) async fn stalled_jobs_are_queued_again_once(db: &Db) {
+    use creditflow_store::{AttemptEnd, QueuedJob};
+    let job = |n: u32| QueuedJob {
+        id: format!("stripe_events:evt_stall_{n}"),
+        queue: "stripe_events".to_owned(),
+        payload: format!(r#"{{"eventId":"evt_stall_{n}"}}"#),
+    };
+    // Four jobs relayed (pending); one runs and ends done, one is running: done is the only state left alone.
+    for n in 0..4 {
+        db.store.enqueue_once("stripe_events", &job(n).payload, &format!("stall-{n}")).await.expect("outbox");
+    }
+    let relayed = db.store.unrelayed_outbox(10).await.expect("outbox");
+    for (message, n) in relayed.iter().zip(0..) {
+        db.store.mark_outbox_relayed_as(message.id, &[job(n)]).await.expect("relayed");
+    }
+    assert!(db.store.unrelayed_outbox(10).await.expect("outbox").is_empty());
+    let Ok(creditflow_store::Attempt::Run(attempt)) = db.store.start_job_attempt(&job(0)).await else { panic!() };
+    db.store.end_job_attempt(&job(0).id, attempt, AttemptEnd::Done).await.expect("done");
+    db.store.start_job_attempt(&job(1)).await.expect("running");
+
+    let recorded = time::OffsetDateTime::now_utc();
+    assert!(db.store.requeue_stalled_jobs(recorded - time::Duration::minutes(5), 100).await.expect("sweep").is_empty());
+    // A second later, everything not final and unchanged since counts as stalled.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let cutoff = time::OffsetDateTime::now_utc() - time::Duration::milliseconds(50);
+    let (first, second) =
+        tokio::join!(db.store.requeue_stalled_jobs(cutoff, 100), db.store.requeue_stalled_jobs(cutoff, 100));
+    let mut requeued: Vec<String> =
+        first.expect("sweep").into_iter().chain(second.expect("sweep")).map(|job| job.id).collect();
+    requeued.sort();
+    let expected: Vec<String> = (1..4).map(|n| job(n).id).collect();
+    assert_eq!(requeued, expected, "concurrent sweeps requeue each stalled job once; the done one never");
+    let outbox = db.store.unrelayed_outbox(10).await.expect("outbox");
+    let mut payloads: Vec<&str> = outbox.iter().map(|m| m.payload.as_str()).collect();
+    payloads.sort_unstable();
+    let wanted: Vec<String> = (1..4).map(|n| job(n).payload).collect();
+    assert_eq!(payloads, wanted.iter().map(String::as_str).collect::<Vec<_>>(), "back in the outbox as queued");
+    assert!(outbox.iter().all(|m| m.queue == "stripe_events"));
+    // A sweep right after finds nothing: the records were moved to now.
+    assert!(db.store.requeue_stalled_jobs(cutoff, 100).await.expect("sweep").is_empty());
+    // The limit holds.
+    let ahead = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    assert_eq!(db.store.requeue_stalled_jobs(ahead, 2).await.expect("sweep").len(), 2);
+}
