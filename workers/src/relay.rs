@@ -26,6 +26,11 @@ const ERROR_WAIT: Duration = Duration::from_secs(1);
 
 /// Relays every unrelayed outbox message once; returns how many were relayed.
 pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndpoint]) -> Result<usize, String> {
+    let mut messages = store.unrelayed_outbox(BATCH).await.map_err(|e| e.to_string())?;
+    // An idle pass (most of them) stops here, without asking the broker anything.
+    if messages.is_empty() {
+        return Ok(0);
+    }
     let mut waiting = queues.waiting().await?;
     // The outbox queues whose jobs would land in a queue that is full: left out of this pass, so that they neither
     // overfill it nor stand in front of the other queues' messages.
@@ -38,7 +43,9 @@ pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndp
             }
         }
     }
-    let messages = store.unrelayed_outbox_except(&held, BATCH).await.map_err(|e| e.to_string())?;
+    if !held.is_empty() {
+        messages = store.unrelayed_outbox_except(&held, BATCH).await.map_err(|e| e.to_string())?;
+    }
     let mut relayed = 0;
     for message in messages {
         let jobs = match jobs_for(&message.queue, &message.payload, endpoints) {
