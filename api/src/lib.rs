@@ -51,6 +51,8 @@ const BATCHES_PATH: &str = "/api/usage/batches";
 pub struct AppState {
     /// The ledger store.
     pub store: Store,
+    /// Coalesces concurrent reconcile debits of one account into one transaction.
+    pub debits: creditflow_store::Coalescer,
     /// Verifies bearer tokens.
     pub auth: Arc<Authenticator>,
     /// The packs on sale.

@@ -64,6 +64,8 @@ pub(crate) struct Config {
     pub(crate) anomaly_floor_millicredits: i64,
     /// Failed autoreloads in a row after which an account's autoreload is turned off (and its owner emailed).
     pub(crate) autoreload_failures_before_disabling: i64,
+    /// Seconds a claim on an autoreload holds before another copy of its job takes it over (the holder died).
+    pub(crate) autoreload_claim_lease_seconds: u64,
     /// Seconds between worker heartbeats; a worker silent for two is taken for dead and its jobs run again.
     pub(crate) queue_heartbeat_seconds: u64,
     /// Seconds after which a job the database says is queued, running or retrying, but that has not moved, is queued
@@ -185,6 +187,7 @@ impl Default for Config {
             shutdown_grace_seconds: 30,
             anomaly_floor_millicredits: 1_000_000,
             autoreload_failures_before_disabling: 3,
+            autoreload_claim_lease_seconds: 60,
             queue_heartbeat_seconds: 30,
             queue_requeue_after_seconds: 300,
             queue_namespace: "creditflow".to_owned(),
@@ -319,6 +322,9 @@ fn validate_jobs(config: &Config) -> Result<(), ConfigError> {
     // The autoreload job has 1 + retries (5) attempts; one is kept for a transient failure.
     if !(1..=5).contains(&config.autoreload_failures_before_disabling) {
         return Err(invalid("autoreload_failures_before_disabling", "must be 1 to 5"));
+    }
+    if !(1..=3_600).contains(&config.autoreload_claim_lease_seconds) {
+        return Err(invalid("autoreload_claim_lease_seconds", "must be 1 to 3600"));
     }
     if config.anomaly_floor_millicredits < 0 {
         return Err(invalid("anomaly_floor_millicredits", "must be 0 or more"));

@@ -117,6 +117,7 @@ async fn app_state(loaded: &Loaded, store: &Store) -> anyhow::Result<AppState> {
     }
     Ok(AppState {
         store: store.clone(),
+        debits: creditflow_store::Coalescer::new(),
         auth: Arc::new(auth),
         packs: Arc::new(loaded.packs.clone()),
         limiter: Arc::new(limiter),
@@ -192,6 +193,7 @@ fn job_deps(store: &Store, loaded: &Loaded) -> anyhow::Result<Handlers> {
             fulfilment: stripe_deps,
             stripe: stripe.clone(),
             failures_before_disabling: loaded.config.autoreload_failures_before_disabling,
+            claim_lease: Duration::from_secs(loaded.config.autoreload_claim_lease_seconds),
         },
         scheduled: ScheduledDeps {
             store: store.clone(),

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use creditflow_testkit::{TestBackend, TestDatabase};
 use serde_json::json;
 
+#[path = "cli/concurrency.rs"]
+mod concurrency;
+#[path = "cli/crashes.rs"]
+mod crashes;
 #[path = "cli/faults.rs"]
 mod faults;
 

@@ -46,6 +46,11 @@ pub struct AutoreloadDeps {
     pub stripe: Option<Arc<Stripe>>,
     /// Charge attempts of one reload after which autoreload is turned off ([`FAILURES_BEFORE_DISABLING`] by default).
     pub failures_before_disabling: i64,
+    /// How long a claim on a reload holds before another copy of the job may take it over ([`CLAIM_LEASE`] by
+    /// default). Taking over resumes the holder's attempt with the same Stripe idempotency key, so it never charges
+    /// twice; the lease only keeps two copies from calling Stripe at once, so it should outlast a charge (Stripe
+    /// requests time out after 20 seconds).
+    pub claim_lease: std::time::Duration,
 }
 
 /// How a reload ended.
@@ -68,14 +73,18 @@ pub enum Reloaded {
     AlreadySettled(AutoreloadState),
 }
 
-/// How long a claim on a reload holds before another attempt may take it over (its holder vanished).
-const CLAIM_LEASE: time::Duration = time::Duration::minutes(2);
+/// How long a claim on a reload holds before another copy of the job may take it over (its holder vanished), unless
+/// configured otherwise.
+pub const CLAIM_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How often a copy of the job that found the reload claimed looks again.
+const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs a reload. Idempotent: a settled reload is left alone, two copies never charge at once, and a retried
 /// attempt replays its charge instead of repeating it.
 pub async fn run_autoreload(job: &RunAutoreloadV1, deps: &AutoreloadDeps) -> Result<Reloaded, JobError> {
     let store = &deps.fulfilment.store;
-    let reload = match store.claim_autoreload(&job.reload_id, CLAIM_LEASE).await? {
+    let reload = match claim(store, &job.reload_id, deps.claim_lease).await? {
         AutoreloadClaim::Claimed(reload) => reload,
         AutoreloadClaim::Settled(state) => return Ok(Reloaded::AlreadySettled(state)),
         AutoreloadClaim::Busy => {
@@ -137,6 +146,24 @@ pub async fn run_autoreload(job: &RunAutoreloadV1, deps: &AutoreloadDeps) -> Res
         store.price_autoreload(&reload.id, packs, amount).await?
     };
     charge(deps, &reload, pack_id, packs, amount).await
+}
+
+/// Claims the reload. A copy of the job that finds it claimed waits, looking again every half second, until the
+/// holder settles it or its claim lapses, instead of failing at once: a worker killed in the middle of a charge leaves
+/// a claim that outlasts the job's quick retries, and spending them all would leave the reload unsettled for good.
+async fn claim(
+    store: &creditflow_store::Store,
+    id: &str,
+    lease: std::time::Duration,
+) -> Result<AutoreloadClaim, JobError> {
+    let lease_time = time::Duration::try_from(lease).map_err(|e| JobError::Permanent(format!("claim lease: {e}")))?;
+    let give_up = tokio::time::Instant::now() + lease + CLAIM_POLL;
+    loop {
+        match store.claim_autoreload(id, lease_time).await? {
+            AutoreloadClaim::Busy if tokio::time::Instant::now() < give_up => tokio::time::sleep(CLAIM_POLL).await,
+            answer => return Ok(answer),
+        }
+    }
 }
 
 /// One charge attempt of a claimed reload, and what follows from its answer.

@@ -138,7 +138,7 @@ async fn price(
     accepted_at: OffsetDateTime,
     batch_ref: &str,
 ) -> Result<Priced, JobError> {
-    let mut cards: HashMap<AccountId, Option<RateCard>> = HashMap::new();
+    let mut cards: HashMap<AccountId, Option<std::sync::Arc<RateCard>>> = HashMap::new();
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
     let mut priced = Priced::default();
     for (index, event) in events.iter().enumerate() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use creditflow_domain::{AccountId, AccountSettings, Autoreload, EntryKind, Millicredits, Overdraft, PackCatalog};
 use creditflow_domain::{Posting, PostingOutcome, RateVersion};
 use creditflow_jobs::JobError;
-use creditflow_jobs::autoreload::{AutoreloadDeps, Reloaded, RunAutoreloadV1, run_autoreload};
+use creditflow_jobs::autoreload::{AutoreloadDeps, CLAIM_LEASE, Reloaded, RunAutoreloadV1, run_autoreload};
 use creditflow_jobs::emails::{EmailDeps, EmailJob, Emailed, Mailer, send_email};
 use creditflow_jobs::stripe_events::{Deps, Processed, fulfil_payment};
 use creditflow_payments::Stripe;
@@ -27,7 +27,15 @@ async fn deps(backend: TestBackend) -> (AutoreloadDeps, TestDatabase) {
     .expect("packs");
     let fulfilment = Deps { store, packs: Arc::new(packs), freeze_on_dispute: true };
     let stripe = Stripe::new(KEY, Some(&stripe_url())).expect("client");
-    (AutoreloadDeps { fulfilment, stripe: Some(Arc::new(stripe)), failures_before_disabling: 3 }, database)
+    (
+        AutoreloadDeps {
+            fulfilment,
+            stripe: Some(Arc::new(stripe)),
+            failures_before_disabling: 3,
+            claim_lease: CLAIM_LEASE,
+        },
+        database,
+    )
 }
 
 /// An account with autoreload under 1,000 credits (Starter packs, `cap` US cents a month), a Stripe customer

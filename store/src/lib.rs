@@ -11,6 +11,7 @@ mod activity;
 mod audit;
 mod autoreloads;
 mod batches;
+mod coalesce;
 mod connect;
 mod error;
 mod inbox;
@@ -30,6 +31,7 @@ pub use activity::{FailureCounts, KindTotal, ModelUsage};
 pub use audit::{AuditRecord, NewAuditRecord};
 pub use autoreloads::{AUTORELOADS_QUEUE, AutoreloadClaim, AutoreloadOutcome, AutoreloadRecord, AutoreloadState};
 pub use batches::{BatchResult, BatchStatus, BatchSubmitted, USAGE_BATCHES_QUEUE, UsageBatch};
+pub use coalesce::Coalescer;
 pub use connect::redact_url;
 pub use error::StoreError;
 pub use inbox::{OutboxMessage, Received, ReceivedEvent, STRIPE_EVENTS_QUEUE, WEBHOOK_EVENTS_QUEUE};
@@ -80,12 +82,16 @@ pub struct SqliteStore {
     /// SQLite has one writer at a time. Queueing our own writers here is fairer and faster than letting them spin on
     /// `SQLITE_BUSY`; `BEGIN IMMEDIATE` and the busy timeout still protect against other processes.
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Rate card versions already parsed (versions are immutable).
+    cards: rate_cards::ParsedCards,
 }
 
 /// The PostgreSQL backend.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: Pool<Postgres>,
+    /// Rate card versions already parsed (versions are immutable).
+    cards: rate_cards::ParsedCards,
 }
 
 /// The SQL that differs between backends.

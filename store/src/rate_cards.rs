@@ -1,5 +1,8 @@
 //! Rate card versions: immutable documents, and append-only activations that say which version applies when.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use creditflow_domain::{AccountId, RateCard, RateVersion, rollout_covers};
 use time::OffsetDateTime;
 
@@ -20,8 +23,8 @@ pub enum RateCardAdded {
 /// A rate card read back from the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredRateCard {
-    /// The parsed card.
-    pub card: RateCard,
+    /// The parsed card (shared: each version is parsed once per store).
+    pub card: Arc<RateCard>,
     /// The TOML document as uploaded.
     pub document: String,
     /// When its activation took effect.
@@ -213,7 +216,7 @@ impl Store {
         let row: Option<ActiveRow> = on_backend!(self, |pool, _dialect| {
             sqlx::query_as(sql).bind(Timestamp::from(at)).fetch_optional(pool).await?
         });
-        row.map(stored).transpose()
+        row.map(|row| self.stored(row)).transpose()
     }
 
     /// The card in force for `account` at `at`: the newest activation by then that covers it. A global activation
@@ -237,7 +240,7 @@ impl Store {
                 .collect();
             let percentage = u8::try_from(row.percentage).unwrap_or(100);
             if rollout_covers(&version, percentage, &allowlist, account) {
-                return stored(row).map(Some);
+                return self.stored(row).map(Some);
             }
         }
         // More partial rollouts than the walk reads: the newest global activation still applies.
@@ -283,10 +286,33 @@ impl Store {
     }
 }
 
-fn stored(row: ActiveRow) -> Result<StoredRateCard, StoreError> {
-    let card = RateCard::from_toml(&row.document)
-        .map_err(|error| StoreError::Corrupt(format!("stored rate card does not parse: {error}")))?;
-    Ok(StoredRateCard { card, document: row.document, effective_at: row.effective_at.get() })
+/// Parsed rate cards by version. A version's document never changes (the database refuses to update it), so a card
+/// parsed once serves every later read; a store holds a few versions, so the map stays small.
+pub(crate) type ParsedCards = Arc<Mutex<HashMap<String, Arc<RateCard>>>>;
+
+impl Store {
+    fn parsed_cards(&self) -> &ParsedCards {
+        match self {
+            Self::Sqlite(store) => &store.cards,
+            Self::Postgres(store) => &store.cards,
+        }
+    }
+
+    /// The stored card of `row`, parsed once per version.
+    fn stored(&self, row: ActiveRow) -> Result<StoredRateCard, StoreError> {
+        let cached = self.parsed_cards().lock().unwrap_or_else(PoisonError::into_inner).get(&row.version).cloned();
+        let card = if let Some(card) = cached {
+            card
+        } else {
+            let card = RateCard::from_toml(&row.document)
+                .map_err(|error| StoreError::Corrupt(format!("stored rate card does not parse: {error}")))?;
+            let card = Arc::new(card);
+            let mut cards = self.parsed_cards().lock().unwrap_or_else(PoisonError::into_inner);
+            cards.insert(row.version.clone(), Arc::clone(&card));
+            card
+        };
+        Ok(StoredRateCard { card, document: row.document, effective_at: row.effective_at.get() })
+    }
 }
 
 impl Store {

@@ -61,6 +61,7 @@ storage_suite!(
     grouped_postings_match_the_reference_model,
     large_groups_post_in_order_and_cross_the_threshold_once,
     stalled_jobs_are_queued_again_once,
+    coalesced_debits_answer_as_if_posted_alone,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,6 +130,7 @@ fn handlers(
             fulfilment: stripe,
             stripe: None,
             failures_before_disabling: creditflow_jobs::autoreload::FAILURES_BEFORE_DISABLING,
+            claim_lease: creditflow_jobs::autoreload::CLAIM_LEASE,
         },
         scheduled: ScheduledDeps { store: store.clone(), anomaly: AnomalyRule::default() },
         reports: report_deps(store, mail_folder, Vec::new()),

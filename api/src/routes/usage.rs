@@ -137,11 +137,12 @@ impl UsageApi {
         let failed = |_: &creditflow_store::StoreError| {
             metrics::counter!(crate::metrics::LEDGER_WRITE_FAILURES).increment(1);
         };
-        let mut outcome = store.post(&posting).await.inspect_err(failed)?;
+        // Concurrent debits of one account share a transaction (a hot account commits once for many requests).
+        let mut outcome = state.debits.post(store, posting.clone()).await.inspect_err(failed)?;
         if matches!(outcome, PostingOutcome::AccountNotFound) {
             // A first debit of an account nobody has credited: it exists from now on (with nothing to pay with).
             store.create_account(&account_id).await?;
-            outcome = store.post(&posting).await.inspect_err(failed)?;
+            outcome = state.debits.post(store, posting).await.inspect_err(failed)?;
         }
         let (entry, replayed) = match outcome {
             PostingOutcome::Created(entry) => {

@@ -212,6 +212,7 @@ impl TestApp {
         .expect("packs");
         let state = AppState {
             store: store.clone(),
+            debits: creditflow_store::Coalescer::new(),
             auth: Arc::new(authenticator),
             packs: Arc::new(packs),
             limiter: Arc::new(limiter),

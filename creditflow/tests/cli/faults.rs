@@ -47,16 +47,16 @@ impl Drop for OwnRedis {
     }
 }
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port()
 }
 
-async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+pub(super) async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await.expect("count")
 }
 
 /// Posts `events` signed payment events for accounts `<prefix>0..<prefix>accounts-1`, 16 at a time.
-async fn pay(
+pub(super) async fn pay(
     client: &reqwest::Client,
     base_url: &str,
     secret: &str,
@@ -266,7 +266,7 @@ fn running_as_root() -> bool {
 }
 
 /// A token for the API tests' RSA key (the `production_auth` settings).
-fn mint(sub: &str, role: &str) -> String {
+pub(super) fn mint(sub: &str, role: &str) -> String {
     let pem = std::fs::read(format!("{}/../api/tests/fixtures/rsa-1.key", env!("CARGO_MANIFEST_DIR"))).expect("key");
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("an RSA key");
     let now = time::OffsetDateTime::now_utc().unix_timestamp();

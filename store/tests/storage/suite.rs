@@ -323,9 +323,9 @@ pub(crate) async fn rate_cards_are_immutable_and_activate_by_time(db: &Db) {
     db.store.activate_rate_card(v1.version(), now - Duration::hours(1), &activate).await.expect("activate v1");
     db.store.activate_rate_card(v2.version(), now + Duration::hours(1), &activate).await.expect("schedule v2");
     let active_now = db.store.active_rate_card(now).await.expect("read").expect("v1 active");
-    assert_eq!((active_now.card, active_now.document.as_str()), (v1.clone(), v1_toml));
+    assert_eq!((active_now.card.as_ref(), active_now.document.as_str()), (&v1, v1_toml));
     let later = db.store.active_rate_card(now + Duration::hours(2)).await.expect("read").expect("v2 active");
-    assert_eq!(later.card, v2);
+    assert_eq!(*later.card, v2);
     let missing = RateVersion::new("v9").expect("valid");
     let error = db.store.activate_rate_card(&missing, now, &activate).await.expect_err("missing version");
     assert!(matches!(error, StoreError::RateCardNotFound(_)), "{error:?}");
@@ -559,4 +559,59 @@ pub(crate) async fn stalled_jobs_are_queued_again_once(db: &Db) {
     // The limit holds.
     let ahead = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
     assert_eq!(db.store.requeue_stalled_jobs(ahead, 2).await.expect("sweep").len(), 2);
+}
+
+pub(crate) async fn coalesced_debits_answer_as_if_posted_alone(db: &Db) {
+    // 96 concurrent debits of 1,000 through one coalescer on 40,500: 40 fit; 16 of them repeat a key another uses.
+    let id = db.account_with("acct_coalesced", 40_500).await;
+    let coalescer = creditflow_store::Coalescer::new();
+    let tasks: Vec<_> = (0..96)
+        .map(|task| {
+            let (coalescer, store, id) = (coalescer.clone(), db.store.clone(), id.clone());
+            let key = if task < 32 { format!("same-{}", task % 16) } else { format!("co-{task}") };
+            tokio::spawn(async move { (key.clone(), coalescer.post(&store, usage(&id, &key, 1_000)).await) })
+        })
+        .collect();
+    let (mut created, mut replayed, mut refused) = (Vec::new(), 0, 0);
+    for task in tasks {
+        let (key, outcome) = task.await.expect("task ran");
+        match outcome.expect("posting answered") {
+            PostingOutcome::Created(entry) => {
+                assert_eq!(entry.idempotency_key, key);
+                assert!(!entry.balance_after.is_negative(), "{entry:?}");
+                created.push(entry);
+            }
+            PostingOutcome::Exists(entry) => {
+                assert_eq!(entry.idempotency_key, key);
+                replayed += 1;
+            }
+            PostingOutcome::InsufficientFunds { balance, shortfall } => {
+                assert_eq!(balance.checked_add(shortfall).expect("small"), Millicredits::new(1_000));
+                refused += 1;
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    // Exactly what one transaction per debit gives: 40 entries, each repeated key answered by its first entry (or
+    // refused like it, when the funds had run out before it), the rest refused for funds.
+    assert_eq!(created.len(), 40, "{replayed} replayed, {refused} refused");
+    assert_eq!(created.len() + replayed + refused, 96);
+    let mut keys: Vec<&str> = created.iter().map(|entry| entry.idempotency_key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 40, "no key debited twice");
+    db.assert_balance(&id, 500).await;
+    let entries = db.store.entries(&id, 0, 100).await.expect("entries");
+    let sequences: Vec<i64> = entries.iter().map(|entry| entry.sequence).collect();
+    assert_eq!(sequences, (1..=41).collect::<Vec<_>>(), "no gaps, no duplicates");
+    // Debits of other accounts and an unknown account through the same coalescer get their own answers.
+    let other = db.account_with("acct_coalesced_other", 5_000).await;
+    let unknown = creditflow_domain::AccountId::new("acct_coalesced_nobody").expect("valid");
+    let (a, b) = tokio::join!(
+        coalescer.post(&db.store, usage(&other, "o-1", 2_000)),
+        coalescer.post(&db.store, usage(&unknown, "u-1", 2_000))
+    );
+    assert!(matches!(a.expect("answered"), PostingOutcome::Created(_)));
+    assert_eq!(b.expect("answered"), PostingOutcome::AccountNotFound);
+    db.assert_balance(&other, 3_000).await;
 }
