@@ -53,6 +53,10 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
+                // No ping before every use: it is a round trip per query (three per reconcile). A connection that
+                // died with its server fails its next query, which answers 503 through the outage gate and is
+                // dropped from the pool; the next request gets a fresh one.
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await?;
             Ok(Self::Postgres(PostgresStore { pool, cards: Arc::default() }))

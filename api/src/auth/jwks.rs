@@ -71,6 +71,11 @@ impl JwksCache {
         self.lookup(kid, algorithm, true).await
     }
 
+    /// True when the set fetched last holds a key with id `kid` (nothing is fetched).
+    pub(super) async fn publishes(&self, kid: &str) -> bool {
+        self.snapshot.read().await.keys.contains_key(kid)
+    }
+
     /// Fetches the set now.
     pub(super) async fn refresh(&self) -> Result<(), String> {
         let _fetching = self.fetching.lock().await;

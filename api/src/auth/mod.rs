@@ -5,11 +5,14 @@
 //! Checked: the algorithm is one of the three asymmetric ones and matches the key's type (so `alg=none` and HS256
 //! signed with the public key as a secret are refused), the signature, `exp` and `nbf` (with leeway), `iss` and
 //! `aud`, and a non-empty `sub`. Roles come from a configurable claim holding a string, a space-separated string or
-//! an array of strings.
+//! an array of strings. A token that passed is remembered for up to a minute (`verified.rs`), so the signature of a
+//! token sent again and again is not checked on every request; its `exp` and `nbf` still are, and a JWKS token only
+//! while its key is still published.
 
 mod dev;
 mod jwks;
 mod principal;
+mod verified;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +25,7 @@ pub use dev::{DEV_AUDIENCE, DEV_ISSUER, DevKey};
 pub use principal::{Denied, Principal, Role};
 
 use jwks::JwksCache;
+use verified::Verified;
 
 /// Authentication settings (the `[auth]` table of the configuration).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -109,6 +113,8 @@ pub struct Authenticator {
     role_claim: String,
     leeway_seconds: u64,
     dev_mode: bool,
+    /// Tokens that passed every check a moment ago.
+    verified: Verified,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -146,6 +152,7 @@ impl Authenticator {
             role_claim: settings.role_claim.clone().unwrap_or_else(|| "role".into()),
             leeway_seconds: settings.leeway_seconds.unwrap_or(30),
             dev_mode: false,
+            verified: Verified::new(verified::HOLD),
         })
     }
 
@@ -158,6 +165,7 @@ impl Authenticator {
             role_claim: settings.role_claim.clone().unwrap_or_else(|| "role".into()),
             leeway_seconds: settings.leeway_seconds.unwrap_or(30),
             dev_mode: true,
+            verified: Verified::new(verified::HOLD),
         }
     }
 
@@ -178,6 +186,18 @@ impl Authenticator {
 
     /// Verifies a bearer token and returns who it speaks for.
     pub(crate) async fn authenticate(&self, token: &str) -> Result<Principal, Refusal> {
+        let now = i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap_or(i64::MAX);
+        let leeway = i64::try_from(self.leeway_seconds).unwrap_or(i64::MAX);
+        if let Some((principal, kid)) = self.verified.get(token, now, leeway) {
+            let published = match (&self.keys, kid.as_deref()) {
+                (Keys::Static { .. }, _) => true,
+                (Keys::Jwks(cache), Some(kid)) => cache.publishes(kid).await,
+                (Keys::Jwks(_), None) => false,
+            };
+            if published {
+                return Ok(principal);
+            }
+        }
         let header = jsonwebtoken::decode_header(token).map_err(Refusal::Malformed)?;
         if !ACCEPTED.contains(&header.alg) {
             return Err(Refusal::Algorithm(header.alg));
@@ -185,9 +205,10 @@ impl Authenticator {
         let key = match &self.keys {
             Keys::Static { key, algorithm } if *algorithm == header.alg => key.clone(),
             Keys::Static { .. } => return Err(Refusal::Algorithm(header.alg)),
-            Keys::Jwks(cache) => {
-                cache.key(header.kid.as_deref(), header.alg).await.ok_or(Refusal::UnknownKey(header.kid))?
-            }
+            Keys::Jwks(cache) => cache
+                .key(header.kid.as_deref(), header.alg)
+                .await
+                .ok_or_else(|| Refusal::UnknownKey(header.kid.clone()))?,
         };
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway_seconds;
@@ -206,7 +227,12 @@ impl Authenticator {
         if roles.is_empty() {
             return Err(Refusal::NoRole);
         }
-        Ok(Principal { subject: subject.to_owned(), roles })
+        let principal = Principal { subject: subject.to_owned(), roles };
+        if let Some(expires) = claims.get("exp").and_then(serde_json::Value::as_i64) {
+            let not_before = claims.get("nbf").and_then(serde_json::Value::as_i64);
+            self.verified.remember(token, (&principal, header.kid.as_deref()), not_before, expires);
+        }
+        Ok(principal)
     }
 }
 
