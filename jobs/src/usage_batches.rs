@@ -56,6 +56,12 @@ struct Priced {
     free: i64,
 }
 
+/// An account and its priced debits, each with its event's index.
+type AccountDebits<'a> = (&'a AccountId, &'a Vec<(usize, Posting)>);
+
+/// Debits per transaction of a batch, about: accounts are added to a transaction until it holds this many.
+const POSTINGS_PER_TRANSACTION: usize = 5_000;
+
 /// Prices and debits a batch; returns its result. Idempotent: a completed batch is left as it is.
 pub async fn price_usage_batch(job: &PriceUsageBatchV1, deps: &BatchDeps) -> Result<BatchResult, JobError> {
     let store = &deps.store;
@@ -71,56 +77,76 @@ pub async fn price_usage_batch(job: &PriceUsageBatchV1, deps: &BatchDeps) -> Res
     let mut priced = price(store, &events, batch.created_at, &batch_ref).await?;
     let mut result = BatchResult { debited: priced.free, duplicates: priced.duplicates, ..BatchResult::default() };
     let mut debited = Millicredits::ZERO;
+    let accounts: Vec<&AccountId> = priced.per_account.keys().collect();
+    store.create_accounts(&accounts).await?;
+    // Accounts in transactions of about POSTINGS_PER_TRANSACTION debits: one commit for many accounts.
+    let mut chunks: Vec<Vec<AccountDebits>> = vec![Vec::new()];
+    let mut filled = 0;
     for (account, postings) in &priced.per_account {
-        store.create_account(account).await?;
-        let (indexes, postings): (Vec<usize>, Vec<Posting>) = postings.iter().cloned().unzip();
-        let outcomes = store.post_many(&postings).await?;
-        let mut overdrawn = 0_i64;
-        for (index, outcome) in indexes.into_iter().zip(outcomes) {
-            let entry = match outcome {
-                PostingOutcome::Created(entry) => {
-                    if entry.balance_after.is_negative() {
-                        overdrawn += 1;
-                    }
-                    entry
-                }
-                // Written by an earlier run of this batch.
-                PostingOutcome::Exists(entry) | PostingOutcome::ExistsWithDifferentContent(entry)
-                    if entry.source_ref.as_deref() == Some(batch_ref.as_str()) =>
-                {
-                    entry
-                }
-                PostingOutcome::Exists(_) | PostingOutcome::ExistsWithDifferentContent(_) => {
-                    result.duplicates += 1;
-                    continue;
-                }
-                refused => {
-                    let rejection = match refused {
-                        PostingOutcome::AccountFrozen => Rejection::new("account_frozen", "the account is frozen"),
-                        PostingOutcome::Overflow => Rejection::new("overflow", "the debit does not fit the balance"),
-                        other => Rejection::new("refused", format!("the ledger refused the debit: {other:?}")),
-                    };
-                    priced.rejected.push(Rejected::new(index, events.get(index), rejection));
-                    continue;
-                }
-            };
-            result.debited += 1;
-            if entry.balance_after.is_negative() {
-                result.overdrafts += 1;
-            }
-            debited = debited
-                .checked_sub(entry.amount)
-                .map_err(|_| JobError::Permanent(format!("batch {} debits more than fits", batch.id)))?;
+        if filled >= POSTINGS_PER_TRANSACTION {
+            chunks.push(Vec::new());
+            filled = 0;
         }
-        if overdrawn > 0 {
-            let record = NewAuditRecord {
-                actor: "system:usage-batches".to_owned(),
-                action: "account.flag_negative_balance".to_owned(),
-                subject: account.to_string(),
-                reason: Some(format!("usage batch {} took the balance below zero", batch.id)),
-                details: serde_json::json!({"batchId": batch.id, "overdrawnDebits": overdrawn}).to_string(),
-            };
-            store.append_audit(&record).await?;
+        filled += postings.len();
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push((account, postings));
+        }
+    }
+    for chunk in chunks {
+        let groups: Vec<Vec<Posting>> =
+            chunk.iter().map(|(_, postings)| postings.iter().map(|(_, posting)| posting.clone()).collect()).collect();
+        let outcomes = store.post_many_accounts(&groups).await?;
+        for ((account, postings), outcomes) in chunk.into_iter().zip(outcomes) {
+            let mut overdrawn = 0_i64;
+            for ((index, _), outcome) in postings.iter().zip(outcomes) {
+                let index = *index;
+                let entry = match outcome {
+                    PostingOutcome::Created(entry) => {
+                        if entry.balance_after.is_negative() {
+                            overdrawn += 1;
+                        }
+                        entry
+                    }
+                    // Written by an earlier run of this batch.
+                    PostingOutcome::Exists(entry) | PostingOutcome::ExistsWithDifferentContent(entry)
+                        if entry.source_ref.as_deref() == Some(batch_ref.as_str()) =>
+                    {
+                        entry
+                    }
+                    PostingOutcome::Exists(_) | PostingOutcome::ExistsWithDifferentContent(_) => {
+                        result.duplicates += 1;
+                        continue;
+                    }
+                    refused => {
+                        let rejection = match refused {
+                            PostingOutcome::AccountFrozen => Rejection::new("account_frozen", "the account is frozen"),
+                            PostingOutcome::Overflow => {
+                                Rejection::new("overflow", "the debit does not fit the balance")
+                            }
+                            other => Rejection::new("refused", format!("the ledger refused the debit: {other:?}")),
+                        };
+                        priced.rejected.push(Rejected::new(index, events.get(index), rejection));
+                        continue;
+                    }
+                };
+                result.debited += 1;
+                if entry.balance_after.is_negative() {
+                    result.overdrafts += 1;
+                }
+                debited = debited
+                    .checked_sub(entry.amount)
+                    .map_err(|_| JobError::Permanent(format!("batch {} debits more than fits", batch.id)))?;
+            }
+            if overdrawn > 0 {
+                let record = NewAuditRecord {
+                    actor: "system:usage-batches".to_owned(),
+                    action: "account.flag_negative_balance".to_owned(),
+                    subject: account.to_string(),
+                    reason: Some(format!("usage batch {} took the balance below zero", batch.id)),
+                    details: serde_json::json!({"batchId": batch.id, "overdrawnDebits": overdrawn}).to_string(),
+                };
+                store.append_audit(&record).await?;
+            }
         }
     }
     priced.rejected.sort_by_key(|rejection| rejection.index);

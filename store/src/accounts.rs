@@ -42,6 +42,29 @@ impl Store {
         Ok(affected == 1)
     }
 
+    /// Creates the accounts of `ids` that do not exist yet, a few hundred per statement.
+    pub async fn create_accounts(&self, ids: &[&AccountId]) -> Result<(), StoreError> {
+        let now = Timestamp::now();
+        for chunk in ids.chunks(500) {
+            let mut sql = String::from(
+                "INSERT INTO accounts (id, status, balance_millicredits, last_sequence, created_at, updated_at) VALUES ",
+            );
+            let rows: Vec<String> =
+                (0..chunk.len()).map(|index| format!("(${}, 'active', 0, 0, $1, $1)", index + 2)).collect();
+            sql.push_str(&rows.join(", "));
+            sql.push_str(" ON CONFLICT (id) DO NOTHING");
+            on_backend!(self, |pool, _dialect| {
+                // Only placeholders are generated; every value is bound.
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(now);
+                for id in chunk {
+                    query = query.bind(id.as_str());
+                }
+                query.execute(pool).await?;
+            });
+        }
+        Ok(())
+    }
+
     /// Reads an account.
     pub async fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
         let sql = "SELECT status, balance_millicredits, last_sequence, created_at FROM accounts WHERE id = $1";

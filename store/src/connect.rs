@@ -21,6 +21,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection until then, so this bounds how long a request caught by an outage waits for its 503; the API's outage
 /// gate then refuses the others at once. A healthy pool this busy is overloaded: shedding load is the right answer.
 const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A PostgreSQL connection idle this long is pinged before it is used again (a server restart may have closed it).
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 impl Store {
     /// Opens a pool for `url`: `sqlite://PATH` (created if missing) or `postgres://...`/`postgresql://...`.
@@ -53,10 +55,19 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
-                // No ping before every use: it is a round trip per query (three per reconcile). A connection that
-                // died with its server fails its next query, which answers 503 through the outage gate and is
-                // dropped from the pool; the next request gets a fresh one.
+                // No ping before every use (a round trip per query, three per reconcile): only a connection that
+                // sat idle for a while is pinged before it is handed out, which is what finds the connections a
+                // restarted server left dead (requests wait out an outage without touching the pool). sqlx still
+                // pings each connection as it is released, which drops one that failed.
                 .test_before_acquire(false)
+                .before_acquire(|connection, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= IDLE_BEFORE_PING {
+                            connection.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(options)
                 .await?;
             Ok(Self::Postgres(PostgresStore { pool, cards: Arc::default() }))

@@ -157,32 +157,84 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// One transaction of [`Store::post_many`], retried when a concurrent writer of a key got there first.
+    /// Applies each group of postings (each group to one account, no account in two groups) in one transaction, and
+    /// returns one list of outcomes per group, in the order given, each as [`Store::post_many`] would answer it. The
+    /// accounts are locked in the order of their ids, so two such transactions never wait on each other in a cycle.
+    /// One commit for many accounts: what a usage batch, spread over many accounts, needs.
+    pub async fn post_many_accounts(&self, groups: &[Vec<Posting>]) -> Result<Vec<Vec<PostingOutcome>>, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        for group in groups {
+            let Some(first) = group.first() else { continue };
+            if !seen.insert(first.account_id.as_str()) {
+                return Err(StoreError::InvalidPosting(creditflow_domain::PostingInvalid::AccountId));
+            }
+            for posting in group {
+                posting.validate()?;
+                if posting.account_id != first.account_id {
+                    return Err(StoreError::InvalidPosting(creditflow_domain::PostingInvalid::AccountId));
+                }
+            }
+        }
+        if groups.iter().any(|group| group.len() > GROUP_SIZE_MAX) {
+            // A group that large gets transactions of its own, as `post_many` gives it.
+            let mut all = Vec::with_capacity(groups.len());
+            for group in groups {
+                all.push(self.post_many(group).await?);
+            }
+            return Ok(all);
+        }
+        let mut order: Vec<usize> = (0..groups.len()).filter(|&index| !groups[index].is_empty()).collect();
+        order.sort_by(|&a, &b| groups[a][0].account_id.as_str().cmp(groups[b][0].account_id.as_str()));
+        let sorted: Vec<&[Posting]> = order.iter().map(|&index| groups[index].as_slice()).collect();
+        let mut outcomes = self.post_groups(&sorted, None).await?;
+        let mut all = vec![Vec::new(); groups.len()];
+        for index in order.into_iter().rev() {
+            all[index] = outcomes.pop().unwrap_or_default();
+        }
+        Ok(all)
+    }
+
+    /// One transaction of [`Store::post_many`].
     async fn post_group(
         &self,
         postings: &[Posting],
         audit: Option<&NewAuditRecord>,
     ) -> Result<Vec<PostingOutcome>, StoreError> {
+        let mut outcomes = self.post_groups(&[postings], audit).await?;
+        outcomes.pop().ok_or_else(|| StoreError::Corrupt("a posting group produced no outcome".to_owned()))
+    }
+
+    /// One transaction for `groups` (one account each, locked in the order given), retried when a concurrent writer
+    /// of a key got there first.
+    async fn post_groups(
+        &self,
+        groups: &[&[Posting]],
+        audit: Option<&NewAuditRecord>,
+    ) -> Result<Vec<Vec<PostingOutcome>>, StoreError> {
         for _ in 0..POSTING_ATTEMPTS {
-            match self.post_group_once(postings, audit).await {
+            match self.post_groups_once(groups, audit).await {
                 Err(error) if error.is_unique_violation() => {}
                 result => return result,
             }
         }
-        let account = postings.first().map_or_else(String::new, |posting| posting.account_id.to_string());
-        Err(StoreError::Contention(account))
+        let account = groups.first().and_then(|group| group.first()).map(|posting| posting.account_id.to_string());
+        Err(StoreError::Contention(account.unwrap_or_default()))
     }
 
-    async fn post_group_once(
+    async fn post_groups_once(
         &self,
-        postings: &[Posting],
+        groups: &[&[Posting]],
         audit: Option<&NewAuditRecord>,
-    ) -> Result<Vec<PostingOutcome>, StoreError> {
-        let Some(first) = postings.first() else { return Ok(Vec::new()) };
-        let account_id = first.account_id.as_str();
-        let keys = serde_json::Value::from(postings.iter().map(|p| p.idempotency_key.as_str()).collect::<Vec<_>>());
-        let keys = keys.to_string();
+    ) -> Result<Vec<Vec<PostingOutcome>>, StoreError> {
         on_backend!(write self, |tx, dialect| {
+            let mut all = Vec::with_capacity(groups.len());
+            let mut wrote = false;
+            for postings in groups {
+            let Some(first) = postings.first() else {
+                all.push(Vec::new());
+                continue;
+            };
+            let account_id = first.account_id.as_str();
             let locked: Option<LockedAccount> =
                 sqlx::query_as(dialect.lock_account).bind(account_id).fetch_optional(&mut *tx).await?;
             let (state, threshold, reload_below) = match locked {
@@ -198,6 +250,8 @@ impl Store {
                         .fetch_all(&mut *tx)
                         .await?
                 } else {
+                    let keys: Vec<&str> = postings.iter().map(|p| p.idempotency_key.as_str()).collect();
+                    let keys = serde_json::Value::from(keys).to_string();
                     sqlx::query_as(dialect.entries_by_keys).bind(account_id).bind(keys.as_str()).fetch_all(&mut *tx).await?
                 };
                 for row in rows {
@@ -220,10 +274,12 @@ impl Store {
             let now = Timestamp::now();
             let GroupPlan { outcomes, created, mut notices, reload } =
                 plan_group(postings, state, existing, spent, (threshold, reload_below), now.get());
+            all.push(outcomes);
             let Some(last) = created.last() else {
-                // Nothing to write: dropping the transaction rolls it back.
-                return Ok(outcomes);
+                // Nothing to write for this account.
+                continue;
             };
+            wrote = true;
             let (last_sequence, last_balance) = (last.sequence, last.balance_after);
             for chunk in created.chunks(INSERT_ROWS_MAX) {
                 let insert = insert_entries_sql(chunk.len());
@@ -263,8 +319,12 @@ impl Store {
             for (queue, payload, dedupe_key) in notices {
                 sqlx::query(insert).bind(queue).bind(payload).bind(now).bind(dedupe_key).execute(&mut *tx).await?;
             }
-            tx.commit().await?;
-            Ok(outcomes)
+            }
+            if wrote {
+                tx.commit().await?;
+            }
+            // Otherwise dropping the transaction rolls it back: nothing was written.
+            Ok(all)
         })
     }
 

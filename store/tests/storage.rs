@@ -62,6 +62,7 @@ storage_suite!(
     large_groups_post_in_order_and_cross_the_threshold_once,
     stalled_jobs_are_queued_again_once,
     coalesced_debits_answer_as_if_posted_alone,
+    many_accounts_post_in_one_transaction_without_deadlock,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

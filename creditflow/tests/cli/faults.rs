@@ -333,10 +333,13 @@ async fn a_postgres_stopped_under_load_gets_fast_503s_and_recovers_with_nothing_
                     .await
                     .expect("creditflow answers even without its database");
                 let status = response.status().as_u16();
+                let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
                 let answer: serde_json::Value = response.json().await.unwrap_or_default();
                 let code = answer["code"].as_str().unwrap_or_default().to_owned();
                 seen.push(Outcome { key, account, status, code, latency: sent.elapsed(), at: sent });
                 n += 1;
+                // A well-behaved client waits as long as a 503's Retry-After says.
+                tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(0))).await;
             }
             seen
         })

@@ -615,3 +615,52 @@ pub(crate) async fn coalesced_debits_answer_as_if_posted_alone(db: &Db) {
     assert_eq!(b.expect("answered"), PostingOutcome::AccountNotFound);
     db.assert_balance(&other, 3_000).await;
 }
+
+pub(crate) async fn many_accounts_post_in_one_transaction_without_deadlock(db: &Db) {
+    let names = ["acct_m3", "acct_m1", "acct_m2"];
+    let mut ids = Vec::new();
+    for name in names {
+        ids.push(db.account_with(name, 10_000).await);
+    }
+    // Groups in any order come back in that order, each answered as `post_many` would answer it.
+    let groups: Vec<Vec<Posting>> = ids
+        .iter()
+        .map(|id| vec![usage(id, "a", 4_000), usage(id, "b", 4_000), usage(id, "a", 4_000), usage(id, "c", 4_000)])
+        .collect();
+    let outcomes = db.store.post_many_accounts(&groups).await.expect("posted");
+    assert_eq!(outcomes.len(), 3);
+    for (id, outcomes) in ids.iter().zip(&outcomes) {
+        assert!(outcomes.iter().all(|o| match o {
+            PostingOutcome::Created(entry) | PostingOutcome::Exists(entry) => entry.account_id == *id,
+            PostingOutcome::InsufficientFunds { .. } => true,
+            _ => false,
+        }));
+        assert!(matches!(outcomes[0], PostingOutcome::Created(_)));
+        assert!(matches!(outcomes[1], PostingOutcome::Created(_)));
+        assert!(matches!(outcomes[2], PostingOutcome::Exists(_)), "{:?}", outcomes[2]);
+        assert!(matches!(outcomes[3], PostingOutcome::InsufficientFunds { .. }), "{:?}", outcomes[3]);
+        db.assert_balance(id, 2_000).await;
+    }
+    // An account in two groups is a caller's error, before anything is written.
+    let twice = vec![vec![usage(&ids[0], "d", 1)], vec![usage(&ids[0], "e", 1)]];
+    assert!(db.store.post_many_accounts(&twice).await.is_err());
+    // Concurrent transactions naming the same accounts in opposite orders never deadlock: locks go in id order.
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let (store, mut ids) = (db.store.clone(), ids.clone());
+            if task % 2 == 1 {
+                ids.reverse();
+            }
+            tokio::spawn(async move {
+                let groups: Vec<Vec<Posting>> = ids.iter().map(|id| vec![usage(id, &format!("t{task}"), 10)]).collect();
+                store.post_many_accounts(&groups).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task ran").expect("posted");
+    }
+    for id in &ids {
+        db.assert_balance(id, 2_000 - 80).await;
+    }
+}
