@@ -225,9 +225,9 @@ def load_args(args, run_id, extra=()):
             "--run-id", run_id, *extra]
 
 
-def reconcile_rounds(args, server, service, prefix, accounts, label, rounds):
+def reconcile_rounds(args, server, service, prefix, accounts, label, rounds, first=0):
     results = []
-    for r in range(rounds):
+    for r in range(first, first + rounds):
         with Measured(server.pid) as m:
             out = loadgen(args, "reconcile", "--url", server.url, "--token", service, "--prefix", prefix,
                           "--accounts", str(accounts), *load_args(args, f"{label}{r}x{time.time_ns()}"))
@@ -250,7 +250,7 @@ def case_reconcile(args, state, hot):
         theirs.append(pgbench(args, db, ["-b", "tpcb-like"], args.clients, args.duration, state["logdir"]))
         log(f"pgbench {'scale 1' if hot else f'scale {scale}'} round {r + 1}: {theirs[-1]['per_s']:.0f} TPS "
             f"p99 {theirs[-1]['p99_ms']:.1f} ms")
-        ours += reconcile_rounds(args, server, state["service"], prefix, accounts, "hot" if hot else "many", 1)
+        ours += reconcile_rounds(args, server, state["service"], prefix, accounts, "hot" if hot else "many", 1, r)
     return {"ours": ours, "reference": theirs}
 
 
