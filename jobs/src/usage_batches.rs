@@ -5,7 +5,7 @@
 //! ([`Store::post_many`]). Running the job again (a crash, a redelivery) debits nothing twice: an event's entry is
 //! keyed by its id, and an entry already written by this batch counts as debited by it, not as a duplicate.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use creditflow_domain::{AccountId, Millicredits, Posting, PostingOutcome, RateCard, Rejection, UsageEvent};
 use creditflow_store::{BatchResult, BatchStatus, NewAuditRecord, Store};
@@ -164,7 +164,15 @@ async fn price(
     accepted_at: OffsetDateTime,
     batch_ref: &str,
 ) -> Result<Priced, JobError> {
-    let mut cards: HashMap<AccountId, Option<std::sync::Arc<RateCard>>> = HashMap::new();
+    // Every account's card at acceptance, the activations read once for the whole batch.
+    let accounts: BTreeSet<AccountId> = events.iter().filter_map(|event| event.account().ok()).collect();
+    let accounts: Vec<&AccountId> = accounts.iter().collect();
+    let cards: HashMap<AccountId, Option<std::sync::Arc<RateCard>>> = store
+        .rate_cards_for(&accounts, accepted_at)
+        .await?
+        .into_iter()
+        .map(|(account, stored)| (account, stored.map(|stored| stored.card)))
+        .collect();
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
     let mut priced = Priced::default();
     for (index, event) in events.iter().enumerate() {
@@ -179,10 +187,6 @@ async fn price(
         if seen.contains(&(event.account_id.as_str(), event.event_id.as_str())) {
             priced.duplicates += 1;
             continue;
-        }
-        if !cards.contains_key(&account) {
-            let card = store.rate_card_for(&account, accepted_at).await?.map(|stored| stored.card);
-            cards.insert(account.clone(), card);
         }
         let Some(Some(card)) = cards.get(&account) else {
             let rejection = Rejection::new("no_rate_card", "no rate card was active for the account");

@@ -60,7 +60,7 @@ pub struct RateCardSummary {
     pub activations: Vec<(OffsetDateTime, u8, Vec<String>, String)>,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct ActiveRow {
     version: String,
     document: String,
@@ -230,7 +230,57 @@ impl Store {
         let rows: Vec<ActiveRow> = on_backend!(self, |pool, _dialect| {
             sqlx::query_as(ACTIVATIONS_AT).bind(Timestamp::from(at)).bind(ROLLOUT_WALK).fetch_all(pool).await?
         });
-        let walked = rows.len();
+        self.card_among(&rows, account, at).await
+    }
+
+    /// The card in force for each of `accounts` at `at`, as [`Store::rate_card_for`] answers it, reading the
+    /// activations once for all of them (a usage batch spans many accounts).
+    pub async fn rate_cards_for(
+        &self,
+        accounts: &[&AccountId],
+        at: OffsetDateTime,
+    ) -> Result<HashMap<AccountId, Option<StoredRateCard>>, StoreError> {
+        let rows: Vec<ActiveRow> = on_backend!(self, |pool, _dialect| {
+            sqlx::query_as(ACTIVATIONS_AT).bind(Timestamp::from(at)).bind(ROLLOUT_WALK).fetch_all(pool).await?
+        });
+        let mut cards = HashMap::with_capacity(accounts.len());
+        for account in accounts {
+            cards.insert((*account).clone(), self.card_among(&rows, account, at).await?);
+        }
+        Ok(cards)
+    }
+
+    /// The card in force for `account` and its settings, read on one connection (what a reconcile needs first).
+    pub async fn rate_card_and_settings(
+        &self,
+        account: &AccountId,
+        at: OffsetDateTime,
+    ) -> Result<(Option<StoredRateCard>, creditflow_domain::AccountSettings), StoreError> {
+        let (rows, settings): (Vec<ActiveRow>, Option<crate::settings::SettingsRow>) =
+            on_backend!(self, |pool, _dialect| {
+                let mut connection = pool.acquire().await?;
+                let rows = sqlx::query_as(ACTIVATIONS_AT)
+                    .bind(Timestamp::from(at))
+                    .bind(ROLLOUT_WALK)
+                    .fetch_all(&mut *connection)
+                    .await?;
+                let settings = sqlx::query_as(crate::settings::SELECT_SETTINGS)
+                    .bind(account.as_str())
+                    .fetch_optional(&mut *connection)
+                    .await?;
+                (rows, settings)
+            });
+        let card = self.card_among(&rows, account, at).await?;
+        Ok((card, settings.map(crate::settings::SettingsRow::into_settings).unwrap_or_default()))
+    }
+
+    /// The newest of `rows` (activations by then, newest first) that covers `account`.
+    async fn card_among(
+        &self,
+        rows: &[ActiveRow],
+        account: &AccountId,
+        at: OffsetDateTime,
+    ) -> Result<Option<StoredRateCard>, StoreError> {
         for row in rows {
             let version = RateVersion::new(row.version.clone())
                 .map_err(|_| StoreError::Corrupt(format!("rate version {}", row.version)))?;
@@ -240,11 +290,11 @@ impl Store {
                 .collect();
             let percentage = u8::try_from(row.percentage).unwrap_or(100);
             if rollout_covers(&version, percentage, &allowlist, account) {
-                return self.stored(row).map(Some);
+                return self.stored(row.clone()).map(Some);
             }
         }
         // More partial rollouts than the walk reads: the newest global activation still applies.
-        if i64::try_from(walked).unwrap_or(i64::MAX) >= ROLLOUT_WALK {
+        if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= ROLLOUT_WALK {
             self.active_rate_card(at).await
         } else {
             Ok(None)

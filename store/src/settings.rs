@@ -5,7 +5,7 @@ use creditflow_domain::{AccountId, AccountSettings, Autoreload, Millicredits};
 use crate::{Store, StoreError, Timestamp, on_backend};
 
 #[derive(sqlx::FromRow)]
-struct SettingsRow {
+pub(crate) struct SettingsRow {
     email: Option<String>,
     low_balance_threshold_millicredits: Option<i64>,
     autoreload_enabled: bool,
@@ -15,27 +15,35 @@ struct SettingsRow {
     daily_spend_cap_millicredits: Option<i64>,
 }
 
+/// An account's settings row.
+pub(crate) const SELECT_SETTINGS: &str = "SELECT email, low_balance_threshold_millicredits, autoreload_enabled, \
+     autoreload_threshold_millicredits, autoreload_pack, autoreload_monthly_cap_usd_cents, \
+     daily_spend_cap_millicredits FROM account_settings WHERE account_id = $1";
+
+impl SettingsRow {
+    pub(crate) fn into_settings(self) -> AccountSettings {
+        AccountSettings {
+            email: self.email,
+            low_balance_threshold: self.low_balance_threshold_millicredits.map(Millicredits::new),
+            autoreload: Autoreload {
+                enabled: self.autoreload_enabled,
+                threshold: self.autoreload_threshold_millicredits.map(Millicredits::new),
+                pack: self.autoreload_pack,
+                monthly_cap_usd_cents: self.autoreload_monthly_cap_usd_cents,
+            },
+            daily_spend_cap: self.daily_spend_cap_millicredits.map(Millicredits::new),
+        }
+    }
+}
+
 impl Store {
     /// The account's settings; defaults (nothing set) when it never saved any.
     pub async fn settings(&self, account_id: &AccountId) -> Result<AccountSettings, StoreError> {
-        let sql = "SELECT email, low_balance_threshold_millicredits, autoreload_enabled, \
-                   autoreload_threshold_millicredits, autoreload_pack, autoreload_monthly_cap_usd_cents, \
-                   daily_spend_cap_millicredits FROM account_settings WHERE account_id = $1";
-        let row: Option<SettingsRow> = on_backend!(self, |pool, _dialect| sqlx::query_as(sql)
+        let row: Option<SettingsRow> = on_backend!(self, |pool, _dialect| sqlx::query_as(SELECT_SETTINGS)
             .bind(account_id.as_str())
             .fetch_optional(pool)
             .await?);
-        Ok(row.map_or_else(AccountSettings::default, |row| AccountSettings {
-            email: row.email,
-            low_balance_threshold: row.low_balance_threshold_millicredits.map(Millicredits::new),
-            autoreload: Autoreload {
-                enabled: row.autoreload_enabled,
-                threshold: row.autoreload_threshold_millicredits.map(Millicredits::new),
-                pack: row.autoreload_pack,
-                monthly_cap_usd_cents: row.autoreload_monthly_cap_usd_cents,
-            },
-            daily_spend_cap: row.daily_spend_cap_millicredits.map(Millicredits::new),
-        }))
+        Ok(row.map_or_else(AccountSettings::default, SettingsRow::into_settings))
     }
 
     /// Replaces the account's settings (the account must exist; validate them first).

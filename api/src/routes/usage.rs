@@ -91,7 +91,9 @@ impl UsageApi {
         let account_id = auth.0.account(request.account_id.as_deref(), true)?;
         let store = &state.store;
         let now = OffsetDateTime::now_utc();
-        let Some(active) = store.rate_card_for(&account_id, now).await? else {
+        // The card and the settings (for the daily spend cap) on one connection.
+        let (active, settings) = store.rate_card_and_settings(&account_id, now).await?;
+        let Some(active) = active else {
             return Err(ApiError::Unavailable(Json(ErrorBody::new("unavailable", "no rate card is active"))));
         };
         let fingerprint = fingerprint(account_id.as_str(), &request);
@@ -107,9 +109,7 @@ impl UsageApi {
             return replay(&account_id, &request, &fingerprint, first);
         }
         let (charge, units) = priced?;
-        let spend_cap = store
-            .settings(&account_id)
-            .await?
+        let spend_cap = settings
             .daily_spend_cap
             .map(|limit| SpendCap { limit, window_start: now.replace_time(time::Time::MIDNIGHT) });
         let answer = |entry_id: Option<String>, amount: Millicredits, balance: Millicredits, version: String| {

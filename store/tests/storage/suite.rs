@@ -420,6 +420,17 @@ pub(crate) async fn rollouts_give_each_account_one_version(db: &Db) {
     }
     assert!((25..=75).contains(&on_v2), "about a quarter of 200 accounts: {on_v2}");
     assert_eq!(seen(db.store.rate_card_for(&vip, now).await.expect("read")), "v2", "the allowlist is covered");
+    // Read for many accounts at once (a usage batch), or with the settings (a reconcile): the same answers.
+    let mut everyone: Vec<&AccountId> = accounts.iter().collect();
+    everyone.push(&vip);
+    let at_once = db.store.rate_cards_for(&everyone, now).await.expect("read");
+    assert_eq!(at_once.len(), everyone.len());
+    for account in everyone {
+        let alone = seen(db.store.rate_card_for(account, now).await.expect("read"));
+        assert_eq!(seen(at_once[account].clone()), alone, "{account}");
+        let (card, _) = db.store.rate_card_and_settings(account, now).await.expect("read");
+        assert_eq!(seen(card), alone, "{account}");
+    }
     assert_eq!(seen(db.store.active_rate_card(now).await.expect("read")), "v1", "the global card is unchanged");
     let listing = db.store.rate_cards().await.expect("list");
     let v2 = listing.iter().find(|summary| summary.version == "v2").expect("v2 listed");
