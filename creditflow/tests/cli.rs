@@ -29,6 +29,75 @@ fn production_auth() -> [(&'static str, String); 3] {
     ]
 }
 
+/// What a test's processes share on PostgreSQL and Redis: a database and a Redis namespace of the test's own, and the
+/// key settings a production database needs beside them.
+struct Shared {
+    database: TestDatabase,
+    redis: String,
+    namespace: String,
+    auth: [(&'static str, String); 3],
+}
+
+impl Shared {
+    async fn new() -> Self {
+        Self {
+            database: TestDatabase::new(TestBackend::Postgres).await,
+            redis: creditflow_testkit::redis_url(),
+            namespace: creditflow_testkit::redis_namespace(),
+            auth: production_auth(),
+        }
+    }
+
+    /// The settings that point `creditflow` at them, with 1-second worker heartbeats so a killed worker's jobs run
+    /// again quickly.
+    fn envs(&self) -> Vec<(&str, &str)> {
+        let mut envs: Vec<(&str, &str)> = self.auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        envs.extend([
+            ("DATABASE_URL", self.database.url.as_str()),
+            ("CREDITFLOW_QUEUE_URL", self.redis.as_str()),
+            ("CREDITFLOW_QUEUE_NAMESPACE", self.namespace.as_str()),
+            ("CREDITFLOW_QUEUE_HEARTBEAT_SECONDS", "1"),
+        ]);
+        envs
+    }
+}
+
+/// A running `creditflow worker`. Dropping it kills the process, so a failing test leaves no worker behind holding
+/// database connections.
+struct Worker(Child);
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `creditflow worker` in `dir` with `envs`, its output discarded.
+fn spawn_worker(dir: &Path, envs: &[(&str, &str)]) -> Worker {
+    let child = creditflow(dir)
+        .arg("worker")
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a worker");
+    Worker(child)
+}
+
 /// A `creditflow` command in `dir` with none of the caller's creditflow settings. The nightly report's schedule is
 /// off unless a test turns it on: at start a worker would build yesterday's report, and its writes on an embedded
 /// ledger make a concurrent payment's job wait and retry, past the tests' deadlines on a loaded machine.
@@ -550,24 +619,13 @@ async fn pay_starter_at_localstripe(client: &reqwest::Client, key: &str, account
 #[tokio::test]
 async fn on_postgres_and_redis_a_payment_is_credited_once_despite_redeliveries_and_a_killed_worker() {
     let dir = tempfile::tempdir().expect("temporary working directory");
-    let database = TestDatabase::new(TestBackend::Postgres).await;
+    let shared = Shared::new().await;
+    let database = &shared.database;
     let secret = "whsec_localstripe_postgres";
-    let namespace = creditflow_testkit::redis_namespace();
-    let auth = production_auth();
-    let mut envs: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let redis = creditflow_testkit::redis_url();
-    envs.extend([
-        ("DATABASE_URL", database.url.as_str()),
-        ("CREDITFLOW_QUEUE_URL", redis.as_str()),
-        ("CREDITFLOW_QUEUE_NAMESPACE", namespace.as_str()),
-        ("CREDITFLOW_QUEUE_HEARTBEAT_SECONDS", "1"),
-        ("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret),
-    ]);
+    let mut envs = shared.envs();
+    envs.push(("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret));
     let (api, _) = Server::start_role(dir.path(), "api", &envs);
-    let worker = |dir: &Path| {
-        creditflow(dir).arg("worker").envs(envs.iter().copied()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
-    };
-    let mut first_worker = worker(dir.path()).expect("start a worker");
+    let mut first_worker = spawn_worker(dir.path(), &envs);
     let client = reqwest::Client::new();
     let (capture_url, captured) = capture_server().await;
     register_localstripe_webhook(
@@ -612,7 +670,7 @@ async fn on_postgres_and_redis_a_payment_is_credited_once_despite_redeliveries_a
     for response in futures_util::future::join_all(redeliveries).await {
         assert_eq!(response.expect("answered").status(), 200);
     }
-    let mut second_worker = worker(dir.path()).expect("restart a worker");
+    let mut second_worker = spawn_worker(dir.path(), &envs);
     let id = creditflow_domain::AccountId::new(account.clone()).expect("valid");
     let balance = || async { store.account(&id).await.expect("read").map(|a| a.balance.get()) };
     while balance().await != Some(5_000_000) {
@@ -813,13 +871,7 @@ async fn smoke_passes_on_postgres_and_redis_with_a_signing_key() {
         ("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret),
     ]);
     let (api, _) = Server::start_role(dir.path(), "api", &envs);
-    let mut worker = creditflow(dir.path())
-        .arg("worker")
-        .envs(envs.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start a worker");
+    let mut worker = spawn_worker(dir.path(), &envs);
     let key = format!("{}/../api/tests/fixtures/rsa-1.key", env!("CARGO_MANIFEST_DIR"));
     let elsewhere = tempfile::tempdir().expect("the operator's directory");
     let args: Vec<String> = [
@@ -1004,29 +1056,12 @@ async fn each_crash_event_is_debited_once(store: &creditflow_store::Store, batch
 #[tokio::test]
 async fn usage_batches_survive_workers_killed_again_and_again() {
     let dir = tempfile::tempdir().expect("temporary working directory");
-    let database = TestDatabase::new(TestBackend::Postgres).await;
-    let namespace = creditflow_testkit::redis_namespace();
-    let redis = creditflow_testkit::redis_url();
-    let auth = production_auth();
-    let mut envs: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    envs.extend([
-        ("DATABASE_URL", database.url.as_str()),
-        ("CREDITFLOW_QUEUE_URL", redis.as_str()),
-        ("CREDITFLOW_QUEUE_NAMESPACE", namespace.as_str()),
-        ("CREDITFLOW_QUEUE_HEARTBEAT_SECONDS", "1"),
-    ]);
+    let shared = Shared::new().await;
+    let envs = shared.envs();
     let (code, _, stderr) = run(dir.path(), &["migrate"], &envs);
     assert_eq!(code, 0, "{stderr}");
-    let store = creditflow_store::Store::connect(&database.url, 4).await.expect("the ledger");
+    let store = creditflow_store::Store::connect(&shared.database.url, 4).await.expect("the ledger");
     let batch_ids = submit_crash_batches(&store).await;
-    let worker = || {
-        creditflow(dir.path())
-            .arg("worker")
-            .envs(envs.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-    };
     // Each worker is killed 0 to 80 ms after it has debited something: in the middle of the batches' transactions.
     let entry_count = || async { store.ledger_totals(None).await.expect("totals").entry_count };
     let (mut kills, mut mid_work) = (0, 0);
@@ -1035,7 +1070,7 @@ async fn usage_batches_survive_workers_killed_again_and_again() {
         if before == CRASH_BATCHES * CRASH_EVENTS {
             break;
         }
-        let mut doomed = worker().expect("start a worker");
+        let mut doomed = spawn_worker(dir.path(), &envs);
         let deadline = Instant::now() + Duration::from_secs(30);
         while entry_count().await == before {
             assert!(Instant::now() < deadline, "round {round}: the worker never debited anything");
@@ -1051,7 +1086,7 @@ async fn usage_batches_survive_workers_killed_again_and_again() {
         }
     }
     assert!(mid_work >= 3, "only {mid_work} of {kills} kills landed before the work was done");
-    let mut survivor = worker().expect("start the last worker");
+    let mut survivor = spawn_worker(dir.path(), &envs);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut done = 0;

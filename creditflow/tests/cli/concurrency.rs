@@ -4,14 +4,13 @@
 //! their entries and the liability what was bought and spent, one entry per idempotency key and per payment, one
 //! stored event per Stripe event, and every job done.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use creditflow_testkit::{TestBackend, TestDatabase};
 use futures_util::StreamExt as _;
 
 use super::faults::{count, mint, pay};
-use super::{Server, creditflow, production_auth, run};
+use super::{Server, Shared, Worker, run, spawn_worker};
 
 const ACCOUNTS: u64 = 40;
 const FUNDING: i64 = 100_000_000;
@@ -22,7 +21,7 @@ const PAYMENTS: u64 = 400;
 /// gpt-4o input at 0.0025 credits a token under the shipped `ceil` card: 1,000 tokens cost 3 credits.
 const CHARGE: i64 = 3_000;
 
-fn stop(mut worker: Child, name: &str) {
+fn stop(mut worker: Worker, name: &str) {
     let status = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().expect("signal");
     assert!(status.success());
     assert!(worker.wait().expect("exits").success(), "{name} stopped cleanly");
@@ -46,33 +45,21 @@ async fn fund(client: &reqwest::Client, bases: &[String], admin: &str) {
 #[tokio::test]
 async fn two_apis_and_two_workers_keep_the_books_under_concurrent_load() {
     let dir = tempfile::tempdir().expect("temporary working directory");
-    let database = TestDatabase::new(TestBackend::Postgres).await;
-    let namespace = creditflow_testkit::redis_namespace();
-    let redis = creditflow_testkit::redis_url();
+    let shared = Shared::new().await;
+    let database = &shared.database;
     let secret = "whsec_concurrency";
-    let auth = production_auth();
-    let mut envs: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut envs = shared.envs();
+    // Four processes of 8 connections each: what a scaled-out deployment budgets, and room on the test server's 100
+    // connections for the tests running beside this one.
     envs.extend([
-        ("DATABASE_URL", database.url.as_str()),
-        ("CREDITFLOW_QUEUE_URL", redis.as_str()),
-        ("CREDITFLOW_QUEUE_NAMESPACE", namespace.as_str()),
-        ("CREDITFLOW_QUEUE_HEARTBEAT_SECONDS", "1"),
         ("CREDITFLOW_STRIPE__WEBHOOK_SECRET", secret),
         ("CREDITFLOW_RATE_LIMIT_PER_MINUTE", "100000000"),
+        ("CREDITFLOW_DATABASE_MAX_CONNECTIONS", "8"),
     ]);
     let (code, _, stderr) = run(dir.path(), &["migrate"], &envs);
     assert_eq!(code, 0, "{stderr}");
     let apis = [Server::start_role(dir.path(), "api", &envs).0, Server::start_role(dir.path(), "api", &envs).0];
-    let worker = || {
-        creditflow(dir.path())
-            .arg("worker")
-            .envs(envs.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a worker")
-    };
-    let workers = [worker(), worker()];
+    let workers = [spawn_worker(dir.path(), &envs), spawn_worker(dir.path(), &envs)];
     let client = reqwest::Client::new();
     let (admin, service) = (mint("ops", "admin"), mint("billing", "service"));
     let bases: Vec<String> = apis.iter().map(|api| api.base_url.clone()).collect();

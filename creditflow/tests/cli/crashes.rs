@@ -4,13 +4,13 @@
 //! charged the card once and credited once, and balances equal the sum of their entries. (Usage batches have their
 //! own crash test in `cli.rs`.)
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use creditflow_testkit::{OwnLocalstripe, TestBackend, TestDatabase};
+use creditflow_testkit::OwnLocalstripe;
 
 use super::faults::{count, pay};
-use super::{Server, creditflow, production_auth, run};
+use super::{Server, Shared, run, spawn_worker};
 
 const KEY: &str = "sk_test_crashes";
 /// Kill rounds; each brings new work so that every kill can land in the middle of some.
@@ -111,18 +111,12 @@ async fn charges_at(stripe: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn purchases_and_autoreloads_survive_workers_killed_again_and_again() {
     let dir = tempfile::tempdir().expect("temporary working directory");
-    let database = TestDatabase::new(TestBackend::Postgres).await;
+    let shared = Shared::new().await;
+    let database = &shared.database;
     let stripe = OwnLocalstripe::start();
-    let namespace = creditflow_testkit::redis_namespace();
-    let redis = creditflow_testkit::redis_url();
     let secret = "whsec_crashes";
-    let auth = production_auth();
-    let mut envs: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut envs = shared.envs();
     envs.extend([
-        ("DATABASE_URL", database.url.as_str()),
-        ("CREDITFLOW_QUEUE_URL", redis.as_str()),
-        ("CREDITFLOW_QUEUE_NAMESPACE", namespace.as_str()),
-        ("CREDITFLOW_QUEUE_HEARTBEAT_SECONDS", "1"),
         ("CREDITFLOW_QUEUE_REQUEUE_AFTER_SECONDS", "5"),
         // A killed worker's claim on a reload lapses in 2 s (60 by default), so the test does not wait for it.
         ("CREDITFLOW_AUTORELOAD_CLAIM_LEASE_SECONDS", "2"),
@@ -136,14 +130,6 @@ async fn purchases_and_autoreloads_survive_workers_killed_again_and_again() {
     let store = creditflow_store::Store::connect(&database.url, 4).await.expect("the ledger");
     let pool = sqlx::PgPool::connect(&database.url).await.expect("a connection for the checks");
     let client = reqwest::Client::new();
-    let worker = || {
-        creditflow(dir.path())
-            .arg("worker")
-            .envs(envs.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-    };
     // Progress: a credit written, or a reload claimed (its charge may be under way).
     let progress = "SELECT (SELECT COUNT(*) FROM ledger_entries WHERE kind IN ('purchase_credit', 'autoreload_credit')) \
                     + (SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) FROM autoreloads)";
@@ -156,7 +142,7 @@ async fn purchases_and_autoreloads_survive_workers_killed_again_and_again() {
         let prefix = format!("buy{round}-");
         pay(&client, &api.base_url, secret, &prefix, 0, PAYMENTS, PAYMENTS / 2).await;
         let before = count(&pool, progress).await;
-        let mut doomed = worker().expect("start a worker");
+        let mut doomed = spawn_worker(dir.path(), &envs);
         // Stripe delivers the round's payments again while the worker credits them.
         let redelivery = {
             let (client, base_url) = (client.clone(), api.base_url.clone());
@@ -185,7 +171,7 @@ async fn purchases_and_autoreloads_survive_workers_killed_again_and_again() {
     assert!(mid_charge >= 1, "no kill left a reload between its claim and its credit");
     eprintln!("{kills} kills, {mid_work} before the round's work was done, {mid_charge} reloads left mid-charge");
 
-    let mut survivor = worker().expect("start the last worker");
+    let mut survivor = spawn_worker(dir.path(), &envs);
     let purchases = i64::try_from(ROUNDS * PAYMENTS).expect("small");
     let reloads = i64::try_from(ROUNDS * RELOADS).expect("small");
     let settled = "SELECT COUNT(*) FROM autoreloads WHERE state = 'succeeded'";
