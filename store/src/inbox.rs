@@ -62,6 +62,25 @@ impl Store {
         let insert = "INSERT INTO stripe_events (id, type, livemode, payload, received_at) VALUES ($1, $2, $3, $4, $5) \
                       ON CONFLICT (id) DO NOTHING";
         let job = serde_json::json!({"kind": "process_stripe_event", "version": 1, "eventId": event.id}).to_string();
+        if let Self::Postgres(store) = self {
+            // One statement, so one round trip and no explicit transaction: the outbox row is written only when the
+            // event was new, and both commit together.
+            let sql = "WITH stored AS (INSERT INTO stripe_events (id, type, livemode, payload, received_at) \
+                       VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id) \
+                       INSERT INTO outbox (queue, payload, created_at) SELECT $6, $7, $5 FROM stored";
+            let queued = sqlx::query(sql)
+                .bind(event.id)
+                .bind(event.event_type)
+                .bind(event.livemode)
+                .bind(event.payload)
+                .bind(now)
+                .bind(STRIPE_EVENTS_QUEUE)
+                .bind(job.as_str())
+                .execute(&store.pool)
+                .await?
+                .rows_affected();
+            return Ok(if queued == 1 { Received::New } else { Received::Duplicate });
+        }
         on_backend!(write self, |tx, _dialect| {
             let inserted = sqlx::query(insert)
                 .bind(event.id)

@@ -221,9 +221,42 @@ macro_rules! release_owned {
 impl Store {
     /// Marks an outbox message relayed and records the jobs it became, in one transaction.
     pub async fn mark_outbox_relayed_as(&self, outbox_id: i64, jobs: &[QueuedJob]) -> Result<(), StoreError> {
+        self.mark_outbox_many_relayed_as(&[(outbox_id, jobs)]).await
+    }
+
+    /// Marks outbox messages relayed and records the jobs each became, all in one transaction (one statement on
+    /// PostgreSQL): what a relay pass that pushed many messages' jobs records.
+    pub async fn mark_outbox_many_relayed_as(&self, relayed: &[(i64, &[QueuedJob])]) -> Result<(), StoreError> {
+        if relayed.is_empty() {
+            return Ok(());
+        }
         let now = Timestamp::now();
-        on_backend!(write self, |tx, _dialect| {
+        if let Self::Postgres(store) = self {
+            let outbox_ids: Vec<i64> = relayed.iter().map(|(id, _)| *id).collect();
+            let jobs = relayed.iter().flat_map(|(_, jobs)| jobs.iter());
+            let (mut ids, mut queues, mut payloads) = (Vec::new(), Vec::new(), Vec::new());
             for job in jobs {
+                ids.push(job.id.as_str());
+                queues.push(job.queue.as_str());
+                payloads.push(job.payload.as_str());
+            }
+            let sql = "WITH marked AS (UPDATE outbox SET relayed_at = $1 WHERE id = ANY ($2) AND relayed_at IS NULL) \
+                       INSERT INTO jobs (id, queue, payload, state, attempts, created_at, updated_at) \
+                       SELECT id, queue, payload, 'pending', 0, $1, $1 FROM UNNEST ($3::text[], $4::text[], $5::text[]) \
+                       AS relayed (id, queue, payload) ON CONFLICT (id) DO NOTHING";
+            sqlx::query(sql)
+                .bind(now)
+                .bind(&outbox_ids)
+                .bind(&ids)
+                .bind(&queues)
+                .bind(&payloads)
+                .execute(&store.pool)
+                .await?;
+            return Ok(());
+        }
+        on_backend!(write self, |tx, _dialect| {
+            for (outbox_id, jobs) in relayed {
+            for job in *jobs {
                 sqlx::query(INSERT_QUEUED)
                     .bind(job.id.as_str())
                     .bind(job.queue.as_str())
@@ -237,6 +270,7 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            }
             tx.commit().await?;
         });
         Ok(())
@@ -248,6 +282,31 @@ impl Store {
         let now = Timestamp::now();
         let start = "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = $2 \
                      WHERE id = $1 AND state IN ('pending', 'running', 'retrying')";
+        if let Self::Postgres(store) = self {
+            // One statement: a job without a record starts as attempt 1; a record that can run moves to its next
+            // attempt; a final one answers nothing, and is read for its state.
+            let upsert = "INSERT INTO jobs (id, queue, payload, state, attempts, created_at, updated_at) \
+                          VALUES ($1, $2, $3, 'running', 1, $4, $4) ON CONFLICT (id) DO UPDATE \
+                          SET state = 'running', attempts = jobs.attempts + 1, updated_at = EXCLUDED.updated_at \
+                          WHERE jobs.state IN ('pending', 'running', 'retrying') RETURNING attempts";
+            let started: Option<i64> = sqlx::query_scalar(upsert)
+                .bind(job.id.as_str())
+                .bind(job.queue.as_str())
+                .bind(job.payload.as_str())
+                .bind(now)
+                .fetch_optional(&store.pool)
+                .await?;
+            if let Some(attempts) = started {
+                return Ok(Attempt::Run(attempts));
+            }
+            let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+                .bind(job.id.as_str())
+                .fetch_one(&store.pool)
+                .await?;
+            let state = JobState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("job {}: state `{state}`", job.id)))?;
+            return Ok(Attempt::Skip(state));
+        }
         on_backend!(write self, |tx, _dialect| {
             sqlx::query(INSERT_QUEUED)
                 .bind(job.id.as_str())
@@ -277,6 +336,18 @@ impl Store {
         let sql = "UPDATE jobs SET state = $2, last_error = COALESCE($3, last_error), updated_at = $4 \
                    WHERE id = $1 AND state = 'running' AND attempts = $5 RETURNING queue, payload";
         let now = Timestamp::now();
+        if let (Self::Postgres(store), false) = (self, state == JobState::Dead) {
+            // Nothing else to settle: one statement.
+            sqlx::query(sql)
+                .bind(id)
+                .bind(state.as_str())
+                .bind(error)
+                .bind(now)
+                .bind(attempt)
+                .execute(&store.pool)
+                .await?;
+            return Ok(());
+        }
         on_backend!(write self, |tx, _dialect| {
             let ended: Option<(String, String)> = sqlx::query_as(sql)
                 .bind(id)

@@ -2,9 +2,10 @@
 //! (the embedded default) and PostgreSQL (production).
 //!
 //! Both backends run the same SQL (SQLite reads `$1` placeholders too) through the [`on_backend!`] dispatch, which
-//! expands one body of code once per backend. Where the dialects differ, [`Dialect`] holds the difference: how a
-//! write transaction begins and how an account row is locked. The posting rules themselves live in
-//! `creditflow_domain::ledger` and are the same for both.
+//! expands one body of code once per backend. Where the dialects differ, [`Dialect`] holds the difference (how a
+//! transaction begins, JSON functions). A few hot paths take PostgreSQL-only forms that save round trips (statements
+//! with data-modifying CTEs, array parameters); their SQLite forms are plain transactions. The posting rules
+//! themselves live in `creditflow_domain::ledger` and are the same for both.
 
 mod accounts;
 mod activity;
@@ -101,10 +102,6 @@ struct Dialect {
     begin_write: Option<&'static str>,
     /// Statement that opens a read transaction whose queries all see one snapshot, when `BEGIN` is not enough.
     begin_snapshot: Option<&'static str>,
-    /// Reads an account and locks it for the rest of the transaction.
-    lock_account: &'static str,
-    /// An account's entries whose idempotency key is in `$2`, a JSON array of strings.
-    entries_by_keys: &'static str,
     /// Quantities per model and unit kind of the usage debits created in `[$1, $2)`.
     units_by_model: &'static str,
     /// Jobs of queue `$1` (all queues when null) whose state is in `$2` (a JSON array), newest change first, `$3` at
@@ -112,25 +109,12 @@ struct Dialect {
     jobs_in_states: &'static str,
 }
 
-const ACCOUNT_COLUMNS_LOCKED_SQLITE: &str = "SELECT a.balance_millicredits, a.status, a.last_sequence, \
-     s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits \
-     FROM accounts a LEFT JOIN account_settings s ON s.account_id = a.id WHERE a.id = $1";
-const ACCOUNT_COLUMNS_LOCKED_POSTGRES: &str = "SELECT a.balance_millicredits, a.status, a.last_sequence, \
-     s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits \
-     FROM accounts a LEFT JOIN account_settings s ON s.account_id = a.id WHERE a.id = $1 FOR UPDATE OF a";
-
 /// SQLite: `BEGIN IMMEDIATE` takes the database write lock up front, so the read of the account and the writes that
 /// follow cannot interleave with another writer (no lost update, no lock upgrade deadlock).
 /// A deferred SQLite transaction reads one WAL snapshot from its first read on.
 const SQLITE: Dialect = Dialect {
     begin_write: Some("BEGIN IMMEDIATE"),
     begin_snapshot: None,
-    lock_account: ACCOUNT_COLUMNS_LOCKED_SQLITE,
-    entries_by_keys: concat!(
-        "SELECT ",
-        rows::entry_columns!(),
-        " FROM ledger_entries WHERE account_id = $1 AND idempotency_key IN (SELECT value FROM json_each($2))"
-    ),
     units_by_model: "SELECT COALESCE(e.model, 'unknown'), u.key, CAST(SUM(u.value) AS BIGINT) \
          FROM ledger_entries e, json_each(e.units) u \
          WHERE e.kind = 'usage_debit' AND e.created_at >= $1 AND e.created_at < $2 GROUP BY 1, 2 ORDER BY 1, 2",
@@ -144,12 +128,6 @@ const POSTGRES: Dialect = Dialect {
     // Explicit, so a server whose default is stricter cannot turn lock waits into serialization failures.
     begin_write: Some("BEGIN ISOLATION LEVEL READ COMMITTED"),
     begin_snapshot: Some("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
-    lock_account: ACCOUNT_COLUMNS_LOCKED_POSTGRES,
-    entries_by_keys: concat!(
-        "SELECT ",
-        rows::entry_columns!(),
-        " FROM ledger_entries WHERE account_id = $1 AND idempotency_key = ANY (SELECT jsonb_array_elements_text($2::jsonb))"
-    ),
     units_by_model: "SELECT COALESCE(e.model, 'unknown'), u.key, CAST(SUM(u.value::bigint) AS BIGINT) \
          FROM ledger_entries e, jsonb_each_text(e.units::jsonb) u \
          WHERE e.kind = 'usage_debit' AND e.created_at >= $1 AND e.created_at < $2 GROUP BY 1, 2 ORDER BY 1, 2",

@@ -58,6 +58,16 @@ impl LockedAccount {
     }
 }
 
+/// SQLite: reads an account with its settings (the transaction's `BEGIN IMMEDIATE` already holds the write lock).
+const LOCK_ACCOUNT_SQLITE: &str = "SELECT a.balance_millicredits, a.status, a.last_sequence, \
+     s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits \
+     FROM accounts a LEFT JOIN account_settings s ON s.account_id = a.id WHERE a.id = $1";
+/// SQLite: an account's entries whose idempotency key is in `$2`, a JSON array of strings.
+const ENTRIES_BY_KEYS_SQLITE: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    " FROM ledger_entries WHERE account_id = $1 AND idempotency_key IN (SELECT value FROM json_each($2))"
+);
 const SELECT_ENTRY_BY_KEY: &str =
     concat!("SELECT ", entry_columns!(), " FROM ledger_entries WHERE account_id = $1 AND idempotency_key = $2");
 const INSERT_ENTRIES: &str = concat!("INSERT INTO ledger_entries (", entry_columns!(), ") VALUES ");
@@ -73,6 +83,25 @@ const SPENT_SINCE: &str = "SELECT CAST(COALESCE(-SUM(amount_millicredits), 0) AS
      WHERE account_id = $1 AND kind = 'usage_debit' AND created_at >= $2";
 const UPDATE_BALANCE: &str =
     "UPDATE accounts SET balance_millicredits = $2, last_sequence = $3, updated_at = $4 WHERE id = $1";
+
+/// Usage already debited from `$account_id` in each spend-cap window `$postings` name (one window in practice:
+/// today), read in transaction `$tx` under the account's lock.
+macro_rules! spent_in_windows {
+    ($tx:ident, $postings:expr, $account_id:expr) => {{
+        let mut spent: HashMap<OffsetDateTime, Millicredits> = HashMap::new();
+        for cap in $postings.iter().filter_map(|posting| posting.spend_cap) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = spent.entry(cap.window_start) {
+                let total: i64 = sqlx::query_scalar(SPENT_SINCE)
+                    .bind($account_id)
+                    .bind(Timestamp::from(cap.window_start))
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                slot.insert(Millicredits::new(total));
+            }
+        }
+        spent
+    }};
+}
 
 /// Binds the columns of `entry` to a multi-row INSERT built by [`insert_entries_sql`].
 macro_rules! bind_entry {
@@ -211,6 +240,11 @@ impl Store {
         groups: &[&[Posting]],
         audit: Option<&NewAuditRecord>,
     ) -> Result<Vec<Vec<PostingOutcome>>, StoreError> {
+        if let (Self::Postgres(store), [postings], None) = (self, groups, audit)
+            && let Some(outcomes) = post_unlocked(&store.pool, postings).await?
+        {
+            return Ok(vec![outcomes]);
+        }
         for _ in 0..POSTING_ATTEMPTS {
             match self.post_groups_once(groups, audit).await {
                 Err(error) if error.is_unique_violation() => {}
@@ -226,106 +260,106 @@ impl Store {
         groups: &[&[Posting]],
         audit: Option<&NewAuditRecord>,
     ) -> Result<Vec<Vec<PostingOutcome>>, StoreError> {
-        on_backend!(write self, |tx, dialect| {
+        let store = match self {
+            Self::Postgres(store) => return post_groups_postgres(&store.pool, groups, audit).await,
+            Self::Sqlite(store) => store,
+        };
+        // SQLite: statements are calls into this process, so a few per account cost little.
+        let _gate = store.write_gate.lock().await;
+        let mut tx = store.pool.begin_with(crate::SQLITE.begin_write.unwrap_or("BEGIN")).await?;
+        {
             let mut all = Vec::with_capacity(groups.len());
             let mut wrote = false;
             for postings in groups {
-            let Some(first) = postings.first() else {
-                all.push(Vec::new());
-                continue;
-            };
-            let account_id = first.account_id.as_str();
-            let locked: Option<LockedAccount> =
-                sqlx::query_as(dialect.lock_account).bind(account_id).fetch_optional(&mut *tx).await?;
-            let (state, threshold, reload_below) = match locked {
-                Some(row) => row.read(account_id)?,
-                None => (None, None, None),
-            };
-            let mut existing: HashMap<String, Entry> = HashMap::new();
-            if state.is_some() {
-                let rows: Vec<EntryRow> = if postings.len() == 1 {
-                    sqlx::query_as(SELECT_ENTRY_BY_KEY)
-                        .bind(account_id)
-                        .bind(first.idempotency_key.as_str())
-                        .fetch_all(&mut *tx)
-                        .await?
-                } else {
-                    let keys: Vec<&str> = postings.iter().map(|p| p.idempotency_key.as_str()).collect();
-                    let keys = serde_json::Value::from(keys).to_string();
-                    sqlx::query_as(dialect.entries_by_keys).bind(account_id).bind(keys.as_str()).fetch_all(&mut *tx).await?
+                let Some(first) = postings.first() else {
+                    all.push(Vec::new());
+                    continue;
                 };
-                for row in rows {
-                    let entry = Entry::try_from(row)?;
-                    existing.insert(entry.idempotency_key.clone(), entry);
+                let account_id = first.account_id.as_str();
+                let locked: Option<LockedAccount> =
+                    sqlx::query_as(LOCK_ACCOUNT_SQLITE).bind(account_id).fetch_optional(&mut *tx).await?;
+                let (state, threshold, reload_below) = match locked {
+                    Some(row) => row.read(account_id)?,
+                    None => (None, None, None),
+                };
+                let mut existing: HashMap<String, Entry> = HashMap::new();
+                if state.is_some() {
+                    let rows: Vec<EntryRow> = if postings.len() == 1 {
+                        sqlx::query_as(SELECT_ENTRY_BY_KEY)
+                            .bind(account_id)
+                            .bind(first.idempotency_key.as_str())
+                            .fetch_all(&mut *tx)
+                            .await?
+                    } else {
+                        let keys: Vec<&str> = postings.iter().map(|p| p.idempotency_key.as_str()).collect();
+                        let keys = serde_json::Value::from(keys).to_string();
+                        sqlx::query_as(ENTRIES_BY_KEYS_SQLITE)
+                            .bind(account_id)
+                            .bind(keys.as_str())
+                            .fetch_all(&mut *tx)
+                            .await?
+                    };
+                    for row in rows {
+                        let entry = Entry::try_from(row)?;
+                        existing.insert(entry.idempotency_key.clone(), entry);
+                    }
                 }
-            }
-            // Usage already debited in each spend-cap window the group names (one window in practice: today).
-            let mut spent: HashMap<OffsetDateTime, Millicredits> = HashMap::new();
-            for cap in postings.iter().filter_map(|posting| posting.spend_cap) {
-                if let std::collections::hash_map::Entry::Vacant(slot) = spent.entry(cap.window_start) {
-                    let total: i64 = sqlx::query_scalar(SPENT_SINCE)
-                        .bind(account_id)
-                        .bind(Timestamp::from(cap.window_start))
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    slot.insert(Millicredits::new(total));
+                let spent = spent_in_windows!(tx, postings, account_id);
+                let now = Timestamp::now();
+                let GroupPlan { outcomes, created, mut notices, reload } =
+                    plan_group(postings, state, existing, spent, (threshold, reload_below), now.get());
+                all.push(outcomes);
+                let Some(last) = created.last() else {
+                    // Nothing to write for this account.
+                    continue;
+                };
+                wrote = true;
+                let (last_sequence, last_balance) = (last.sequence, last.balance_after);
+                for chunk in created.chunks(INSERT_ROWS_MAX) {
+                    let insert = insert_entries_sql(chunk.len());
+                    // Only placeholders are generated; every value is bound.
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
+                    for entry in chunk {
+                        query = bind_entry!(query, entry, account_id, now);
+                    }
+                    query.execute(&mut *tx).await?;
                 }
-            }
-            let now = Timestamp::now();
-            let GroupPlan { outcomes, created, mut notices, reload } =
-                plan_group(postings, state, existing, spent, (threshold, reload_below), now.get());
-            all.push(outcomes);
-            let Some(last) = created.last() else {
-                // Nothing to write for this account.
-                continue;
-            };
-            wrote = true;
-            let (last_sequence, last_balance) = (last.sequence, last.balance_after);
-            for chunk in created.chunks(INSERT_ROWS_MAX) {
-                let insert = insert_entries_sql(chunk.len());
-                // Only placeholders are generated; every value is bound.
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
-                for entry in chunk {
-                    query = bind_entry!(query, entry, account_id, now);
-                }
-                query.execute(&mut *tx).await?;
-            }
-            sqlx::query(UPDATE_BALANCE)
-                .bind(account_id)
-                .bind(last_balance.get())
-                .bind(last_sequence)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            if let Some(audit) = audit {
-                insert_audit!(tx, audit, now).await?;
-            }
-            if let Some(trigger) = reload {
-                let id = format!("ar_{}", Uuid::now_v7().simple());
-                let asked = sqlx::query(REQUEST_AUTORELOAD)
-                    .bind(id.as_str())
+                sqlx::query(UPDATE_BALANCE)
                     .bind(account_id)
-                    .bind(trigger.as_str())
+                    .bind(last_balance.get())
+                    .bind(last_sequence)
                     .bind(now)
                     .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if asked == 1 {
-                    let job = serde_json::json!({"reloadId": id}).to_string();
-                    notices.push((AUTORELOADS_QUEUE, job, None));
+                    .await?;
+                if let Some(audit) = audit {
+                    insert_audit!(tx, audit, now).await?;
                 }
-            }
-            let insert = "INSERT INTO outbox (queue, payload, created_at, dedupe_key) VALUES ($1, $2, $3, $4)";
-            for (queue, payload, dedupe_key) in notices {
-                sqlx::query(insert).bind(queue).bind(payload).bind(now).bind(dedupe_key).execute(&mut *tx).await?;
-            }
+                if let Some(trigger) = reload {
+                    let id = format!("ar_{}", Uuid::now_v7().simple());
+                    let asked = sqlx::query(REQUEST_AUTORELOAD)
+                        .bind(id.as_str())
+                        .bind(account_id)
+                        .bind(trigger.as_str())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if asked == 1 {
+                        let job = serde_json::json!({"reloadId": id}).to_string();
+                        notices.push((AUTORELOADS_QUEUE, job, None));
+                    }
+                }
+                let insert = "INSERT INTO outbox (queue, payload, created_at, dedupe_key) VALUES ($1, $2, $3, $4)";
+                for (queue, payload, dedupe_key) in notices {
+                    sqlx::query(insert).bind(queue).bind(payload).bind(now).bind(dedupe_key).execute(&mut *tx).await?;
+                }
             }
             if wrote {
                 tx.commit().await?;
             }
             // Otherwise dropping the transaction rolls it back: nothing was written.
             Ok(all)
-        })
+        }
     }
 
     /// The entry created under `idempotency_key` on the account, if any.
@@ -421,14 +455,330 @@ struct GroupPlan {
 /// `INSERT INTO ledger_entries ... VALUES (...), (...)` with placeholders for `rows` entries.
 fn insert_entries_sql(rows: usize) -> String {
     let mut insert = String::from(INSERT_ENTRIES);
-    for index in 0..rows {
-        let base = index * ENTRY_COLUMN_COUNT;
-        let placeholders: Vec<String> = (1..=ENTRY_COLUMN_COUNT).map(|n| format!("${}", base + n)).collect();
-        insert.push_str(if index == 0 { "(" } else { ", (" });
-        insert.push_str(&placeholders.join(", "));
-        insert.push(')');
-    }
+    push_entry_placeholders(&mut insert, rows, 0);
     insert
+}
+
+/// Appends `(...), (...)`: placeholders for `rows` entries, numbered from `$(before + 1)`.
+fn push_entry_placeholders(sql: &mut String, rows: usize, before: usize) {
+    for index in 0..rows {
+        let base = before + index * ENTRY_COLUMN_COUNT;
+        let placeholders: Vec<String> = (1..=ENTRY_COLUMN_COUNT).map(|n| format!("${}", base + n)).collect();
+        sql.push_str(if index == 0 { "(" } else { ", (" });
+        sql.push_str(&placeholders.join(", "));
+        sql.push(')');
+    }
+}
+
+/// A locked account and its id ([`LOCK_ACCOUNTS`]).
+#[derive(sqlx::FromRow)]
+struct LockedAccountRow {
+    id: String,
+    #[sqlx(flatten)]
+    account: LockedAccount,
+}
+
+/// PostgreSQL: reads and locks the accounts in `$1`, in byte order of their ids (the order every multi-account
+/// transaction locks in, so two never wait on each other in a cycle).
+const LOCK_ACCOUNTS: &str = "SELECT a.id, a.balance_millicredits, a.status, a.last_sequence, \
+     s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits \
+     FROM accounts a LEFT JOIN account_settings s ON s.account_id = a.id WHERE a.id = ANY ($1) \
+     ORDER BY a.id COLLATE \"C\" FOR UPDATE OF a";
+/// PostgreSQL: the entries whose (account, key) pair is in `$1` x `$2` (paired arrays).
+const ENTRIES_BY_ACCOUNT_KEYS: &str = "SELECT e.id, e.account_id, e.sequence, e.kind, e.amount_millicredits, \
+     e.balance_after_millicredits, e.idempotency_key, e.correlation_id, e.rate_version, e.source_ref, e.reason, \
+     e.model, e.units, e.created_at \
+     FROM UNNEST ($1::text[], $2::text[]) AS k (account_id, idempotency_key) \
+     JOIN ledger_entries e ON e.account_id = k.account_id AND e.idempotency_key = k.idempotency_key";
+/// PostgreSQL: appends entries given as parallel arrays, in array order, all created at `$14`.
+const INSERT_ENTRY_ARRAYS: &str = concat!(
+    "INSERT INTO ledger_entries (",
+    entry_columns!(),
+    ") SELECT id, account_id, sequence, kind, amount, balance_after, idempotency_key, correlation_id, \
+     rate_version, source_ref, reason, model, units, $14 \
+     FROM UNNEST ($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], \
+     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]) \
+     AS e (id, account_id, sequence, kind, amount, balance_after, idempotency_key, correlation_id, rate_version, \
+     source_ref, reason, model, units)"
+);
+/// PostgreSQL: sets the balances and sequences given as parallel arrays.
+const UPDATE_BALANCES: &str = "UPDATE accounts a SET balance_millicredits = v.balance, last_sequence = v.sequence, \
+     updated_at = $4 FROM UNNEST ($1::text[], $2::bigint[], $3::bigint[]) AS v (id, balance, sequence) \
+     WHERE a.id = v.id";
+/// PostgreSQL: appends outbox messages given as parallel arrays, in array order.
+const INSERT_OUTBOX_ARRAYS: &str = "INSERT INTO outbox (queue, payload, created_at, dedupe_key) \
+     SELECT queue, payload, $4, dedupe_key FROM UNNEST ($1::text[], $2::text[], $3::text[]) \
+     AS o (queue, payload, dedupe_key)";
+
+/// The entries of a plan as parallel arrays, one per column of [`INSERT_ENTRY_ARRAYS`].
+#[derive(Default)]
+struct EntryArrays<'a> {
+    ids: Vec<&'a str>,
+    accounts: Vec<&'a str>,
+    sequences: Vec<i64>,
+    kinds: Vec<&'static str>,
+    amounts: Vec<i64>,
+    balances: Vec<i64>,
+    keys: Vec<&'a str>,
+    correlations: Vec<Option<&'a str>>,
+    versions: Vec<Option<&'a str>>,
+    sources: Vec<Option<&'a str>>,
+    reasons: Vec<Option<&'a str>>,
+    models: Vec<Option<&'a str>>,
+    units: Vec<Option<String>>,
+}
+
+impl<'a> EntryArrays<'a> {
+    fn push(&mut self, entry: &'a Entry) {
+        self.ids.push(&entry.id);
+        self.accounts.push(entry.account_id.as_str());
+        self.sequences.push(entry.sequence);
+        self.kinds.push(entry.kind.as_str());
+        self.amounts.push(entry.amount.get());
+        self.balances.push(entry.balance_after.get());
+        self.keys.push(&entry.idempotency_key);
+        self.correlations.push(entry.correlation_id.as_deref());
+        self.versions.push(entry.rate_version.as_ref().map(RateVersion::as_str));
+        self.sources.push(entry.source_ref.as_deref());
+        self.reasons.push(entry.reason.as_deref());
+        self.models.push(entry.usage.as_ref().map(|usage| usage.model.as_str()));
+        self.units.push(entry.usage.as_ref().map(|usage| serde_json::to_string(&usage.units).unwrap_or_default()));
+    }
+}
+
+/// PostgreSQL: one transaction for `groups` (one account each, no account twice) with the same few statements
+/// however many accounts and postings it holds: lock every account, look up every key, append every entry, set
+/// every balance, then the outbox messages and autoreload requests the plans call for. A usage batch spread over a
+/// thousand accounts costs a handful of round trips, not four per account.
+async fn post_groups_postgres(
+    pool: &sqlx::PgPool,
+    groups: &[&[Posting]],
+    audit: Option<&NewAuditRecord>,
+) -> Result<Vec<Vec<PostingOutcome>>, StoreError> {
+    let mut tx = pool.begin_with(crate::POSTGRES.begin_write.unwrap_or("BEGIN")).await?;
+    let ids: Vec<&str> = groups.iter().filter_map(|group| group.first()).map(|p| p.account_id.as_str()).collect();
+    let locked: Vec<LockedAccountRow> = sqlx::query_as(LOCK_ACCOUNTS).bind(&ids).fetch_all(&mut *tx).await?;
+    let mut accounts: HashMap<String, LockedState> = HashMap::with_capacity(locked.len());
+    for row in locked {
+        let state = row.account.read(&row.id)?;
+        accounts.insert(row.id, state);
+    }
+    let (mut key_accounts, mut keys) = (Vec::new(), Vec::new());
+    for posting in groups.iter().flat_map(|group| group.iter()) {
+        if accounts.contains_key(posting.account_id.as_str()) {
+            key_accounts.push(posting.account_id.as_str());
+            keys.push(posting.idempotency_key.as_str());
+        }
+    }
+    let mut existing: HashMap<String, HashMap<String, Entry>> = HashMap::new();
+    if !keys.is_empty() {
+        let rows: Vec<EntryRow> =
+            sqlx::query_as(ENTRIES_BY_ACCOUNT_KEYS).bind(&key_accounts).bind(&keys).fetch_all(&mut *tx).await?;
+        for row in rows {
+            let entry = Entry::try_from(row)?;
+            existing.entry(entry.account_id.to_string()).or_default().insert(entry.idempotency_key.clone(), entry);
+        }
+    }
+    let now = Timestamp::now();
+    let mut all = Vec::with_capacity(groups.len());
+    let mut plans = Vec::with_capacity(groups.len());
+    for postings in groups {
+        let Some(first) = postings.first() else {
+            all.push(Vec::new());
+            continue;
+        };
+        let account_id = first.account_id.as_str();
+        let (state, threshold, reload_below) = accounts.remove(account_id).unwrap_or((None, None, None));
+        let spent = if state.is_some() { spent_in_windows!(tx, postings, account_id) } else { HashMap::new() };
+        let known = existing.remove(account_id).unwrap_or_default();
+        let GroupPlan { outcomes, created, notices, reload } =
+            plan_group(postings, state, known, spent, (threshold, reload_below), now.get());
+        all.push(outcomes);
+        plans.push((created, notices, reload));
+    }
+    let mut entries = EntryArrays::default();
+    let (mut moved, mut balances, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
+    for (created, _, _) in &plans {
+        let Some(last) = created.last() else { continue };
+        moved.push(last.account_id.as_str());
+        balances.push(last.balance_after.get());
+        sequences.push(last.sequence);
+        for entry in created {
+            entries.push(entry);
+        }
+    }
+    if moved.is_empty() {
+        // Nothing to write; dropping the transaction rolls it back.
+        return Ok(all);
+    }
+    write_postgres_plans(&mut tx, &plans, (&entries, &moved, &balances, &sequences), audit, now).await?;
+    tx.commit().await?;
+    Ok(all)
+}
+
+/// What [`post_groups_postgres`] planned for one account: its entries, outbox messages and autoreload trigger.
+type PlannedWrites = (Vec<Entry>, Vec<(&'static str, String, Option<String>)>, Option<String>);
+
+/// The writes of [`post_groups_postgres`]: every entry, every balance, the audit record, autoreload requests and
+/// outbox messages.
+async fn write_postgres_plans(
+    tx: &mut sqlx::PgConnection,
+    plans: &[PlannedWrites],
+    (entries, moved, balances, sequences): (&EntryArrays<'_>, &[&str], &[i64], &[i64]),
+    audit: Option<&NewAuditRecord>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query(INSERT_ENTRY_ARRAYS)
+        .bind(&entries.ids)
+        .bind(&entries.accounts)
+        .bind(&entries.sequences)
+        .bind(&entries.kinds)
+        .bind(&entries.amounts)
+        .bind(&entries.balances)
+        .bind(&entries.keys)
+        .bind(&entries.correlations)
+        .bind(&entries.versions)
+        .bind(&entries.sources)
+        .bind(&entries.reasons)
+        .bind(&entries.models)
+        .bind(&entries.units)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(UPDATE_BALANCES).bind(moved).bind(balances).bind(sequences).bind(now).execute(&mut *tx).await?;
+    if let Some(audit) = audit {
+        insert_audit!(tx, audit, now).await?;
+    }
+    let mut notices = Vec::new();
+    for (created, planned, reload) in plans {
+        notices.extend(planned.iter().cloned());
+        let (Some(trigger), Some(entry)) = (reload, created.first()) else { continue };
+        let id = format!("ar_{}", Uuid::now_v7().simple());
+        let asked = sqlx::query(REQUEST_AUTORELOAD)
+            .bind(id.as_str())
+            .bind(entry.account_id.as_str())
+            .bind(trigger.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if asked == 1 {
+            notices.push((AUTORELOADS_QUEUE, serde_json::json!({"reloadId": id}).to_string(), None));
+        }
+    }
+    if !notices.is_empty() {
+        let queues: Vec<&str> = notices.iter().map(|(queue, _, _)| *queue).collect();
+        let payloads: Vec<&str> = notices.iter().map(|(_, payload, _)| payload.as_str()).collect();
+        let dedupe: Vec<Option<&str>> = notices.iter().map(|(_, _, key)| key.as_deref()).collect();
+        sqlx::query(INSERT_OUTBOX_ARRAYS)
+            .bind(&queues)
+            .bind(&payloads)
+            .bind(&dedupe)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL: an account with its settings, the usage debited since `$3` (when not null) and its entries whose key
+/// is in `$2`; one row per entry found, or one row with null entry columns. No lock: [`post_unlocked`] writes only
+/// if the account's sequence is still the one read here.
+const READ_FOR_POSTING: &str = "SELECT a.balance_millicredits, a.status, a.last_sequence, \
+     s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits, \
+     CASE WHEN $3::timestamptz IS NULL THEN NULL ELSE (SELECT CAST(COALESCE(-SUM(d.amount_millicredits), 0) AS BIGINT) \
+       FROM ledger_entries d WHERE d.account_id = $1 AND d.kind = 'usage_debit' AND d.created_at >= $3) END \
+       AS spent_millicredits, \
+     e.id, e.account_id, e.sequence, e.kind, e.amount_millicredits, e.balance_after_millicredits, e.idempotency_key, \
+     e.correlation_id, e.rate_version, e.source_ref, e.reason, e.model, e.units, e.created_at \
+     FROM accounts a LEFT JOIN account_settings s ON s.account_id = a.id \
+     LEFT JOIN ledger_entries e ON e.account_id = a.id AND e.idempotency_key = ANY ($2) \
+     WHERE a.id = $1";
+/// Parameters before the entries' in [`conditional_insert_sql`].
+const CONDITIONAL_INSERT_PARAMETERS: usize = 5;
+
+/// PostgreSQL, one statement: moves the account to its new balance and sequence if its sequence is still `$5`, and
+/// appends `rows` entries only if it did (none otherwise).
+fn conditional_insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "WITH moved AS (UPDATE accounts SET balance_millicredits = $1, last_sequence = $2, updated_at = $3 \
+         WHERE id = $4 AND last_sequence = $5 RETURNING id) \
+         INSERT INTO ledger_entries (",
+    );
+    sql.push_str(entry_columns!());
+    sql.push_str(") SELECT * FROM (VALUES ");
+    push_entry_placeholders(&mut sql, rows, CONDITIONAL_INSERT_PARAMETERS);
+    sql.push_str(") AS posted WHERE EXISTS (SELECT 1 FROM moved)");
+    sql
+}
+
+/// Posts one account's group on PostgreSQL in two round trips and no explicit transaction, when it can: one read
+/// (account, settings, spent usage, keys) and one statement that writes only if no other posting to the account
+/// committed in between (its sequence is unchanged). `None` sends the group down the locking path instead: a
+/// concurrent posting moved the account, or the group asks for more than entries (a threshold notice, an
+/// autoreload, a second spend-cap window). The outcomes are those the locking path would give at the moment of the
+/// read: refusals and replays read from one snapshot, created entries from the same snapshot the write confirmed.
+async fn post_unlocked(pool: &sqlx::PgPool, postings: &[Posting]) -> Result<Option<Vec<PostingOutcome>>, StoreError> {
+    use sqlx::{FromRow as _, Row as _};
+    let Some(first) = postings.first() else { return Ok(Some(Vec::new())) };
+    let mut windows = postings.iter().filter_map(|posting| posting.spend_cap.map(|cap| cap.window_start));
+    let window = windows.next();
+    if windows.any(|other| Some(other) != window) || postings.len() > INSERT_ROWS_MAX {
+        return Ok(None);
+    }
+    let account_id = first.account_id.as_str();
+    let keys: Vec<&str> = postings.iter().map(|posting| posting.idempotency_key.as_str()).collect();
+    let rows = sqlx::query(READ_FOR_POSTING)
+        .bind(account_id)
+        .bind(&keys)
+        .bind(window.map(Timestamp::from))
+        .fetch_all(pool)
+        .await?;
+    let (mut state, mut limits, mut spent) = (None, (None, None), HashMap::new());
+    let mut existing = HashMap::new();
+    for row in &rows {
+        if state.is_none() {
+            let (read, threshold, reload_below) = LockedAccount::from_row(row)?.read(account_id)?;
+            (state, limits) = (read, (threshold, reload_below));
+            if let (Some(window), Some(total)) = (window, row.try_get::<Option<i64>, _>("spent_millicredits")?) {
+                spent.insert(window, Millicredits::new(total));
+            }
+        }
+        if row.try_get::<Option<String>, _>("id")?.is_some() {
+            let entry = Entry::try_from(EntryRow::from_row(row)?)?;
+            existing.insert(entry.idempotency_key.clone(), entry);
+        }
+    }
+    let expected_sequence = state.map(|account| account.last_sequence);
+    let now = Timestamp::now();
+    let plan = plan_group(postings, state, existing, spent, limits, now.get());
+    if !plan.notices.is_empty() || plan.reload.is_some() {
+        return Ok(None);
+    }
+    let (Some(last), Some(expected_sequence)) = (plan.created.last(), expected_sequence) else {
+        // Nothing to write: every posting was refused or replayed.
+        return Ok(Some(plan.outcomes));
+    };
+    let sql = conditional_insert_sql(plan.created.len());
+    // Only placeholders are generated; every value is bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(last.balance_after.get())
+        .bind(last.sequence)
+        .bind(now)
+        .bind(account_id)
+        .bind(expected_sequence);
+    for entry in &plan.created {
+        query = bind_entry!(query, entry, account_id, now);
+    }
+    match query.execute(pool).await {
+        Ok(done) if done.rows_affected() == plan.created.len() as u64 => Ok(Some(plan.outcomes)),
+        // Another posting moved the account first.
+        Ok(_) => Ok(None),
+        Err(error) => {
+            let error = StoreError::from(error);
+            if error.is_unique_violation() { Ok(None) } else { Err(error) }
+        }
+    }
 }
 
 /// Applies the domain's rules to each posting in order, as if each were posted alone: a later posting sees the

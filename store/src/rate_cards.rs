@@ -89,6 +89,46 @@ struct ActivationRow {
 const ACTIVATIONS_AT: &str = "SELECT c.version, c.document, a.effective_at, a.percentage, a.allowlist \
      FROM rate_card_activations a JOIN rate_cards c ON c.version = a.version \
      WHERE a.effective_at <= $1 ORDER BY a.effective_at DESC, a.id DESC LIMIT $2";
+/// [`ACTIVATIONS_AT`] beside the settings of account `$3`, in one statement: one row per activation, each carrying
+/// the settings, or one row of settings (all null when the account has none) when no activation is in force.
+const CARD_AND_SETTINGS: &str = "SELECT w.version, w.document, w.effective_at, w.percentage, w.allowlist, \
+     s.email, s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits, \
+     s.autoreload_pack, s.autoreload_monthly_cap_usd_cents, s.daily_spend_cap_millicredits \
+     FROM (SELECT 1 AS one) AS always \
+     LEFT JOIN account_settings s ON s.account_id = $3 \
+     LEFT JOIN (SELECT c.version, c.document, a.effective_at, a.percentage, a.allowlist, a.id \
+                FROM rate_card_activations a JOIN rate_cards c ON c.version = a.version \
+                WHERE a.effective_at <= $1 ORDER BY a.effective_at DESC, a.id DESC LIMIT $2) AS w ON 1 = 1 \
+     ORDER BY w.effective_at DESC, w.id DESC";
+
+/// A row of [`CARD_AND_SETTINGS`].
+struct CardAndSettingsRow {
+    activation: Option<ActiveRow>,
+    settings: Option<crate::settings::SettingsRow>,
+}
+
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for CardAndSettingsRow
+where
+    ActiveRow: sqlx::FromRow<'r, R>,
+    crate::settings::SettingsRow: sqlx::FromRow<'r, R>,
+    &'r str: sqlx::ColumnIndex<R>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<bool>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        // `version` is never null in a stored activation, and `autoreload_enabled` never in a settings row.
+        let activation = match row.try_get::<Option<String>, _>("version")? {
+            Some(_) => Some(ActiveRow::from_row(row)?),
+            None => None,
+        };
+        let settings = match row.try_get::<Option<bool>, _>("autoreload_enabled")? {
+            Some(_) => Some(crate::settings::SettingsRow::from_row(row)?),
+            None => None,
+        };
+        Ok(Self { activation, settings })
+    }
+}
+
 /// How many activations to walk before falling back to the newest global one.
 const ROLLOUT_WALK: i64 = 64;
 
@@ -256,20 +296,22 @@ impl Store {
         account: &AccountId,
         at: OffsetDateTime,
     ) -> Result<(Option<StoredRateCard>, creditflow_domain::AccountSettings), StoreError> {
-        let (rows, settings): (Vec<ActiveRow>, Option<crate::settings::SettingsRow>) =
-            on_backend!(self, |pool, _dialect| {
-                let mut connection = pool.acquire().await?;
-                let rows = sqlx::query_as(ACTIVATIONS_AT)
-                    .bind(Timestamp::from(at))
-                    .bind(ROLLOUT_WALK)
-                    .fetch_all(&mut *connection)
-                    .await?;
-                let settings = sqlx::query_as(crate::settings::SELECT_SETTINGS)
-                    .bind(account.as_str())
-                    .fetch_optional(&mut *connection)
-                    .await?;
-                (rows, settings)
-            });
+        let joined: Vec<CardAndSettingsRow> = on_backend!(self, |pool, _dialect| {
+            sqlx::query_as(CARD_AND_SETTINGS)
+                .bind(Timestamp::from(at))
+                .bind(ROLLOUT_WALK)
+                .bind(account.as_str())
+                .fetch_all(pool)
+                .await?
+        });
+        let mut settings = None;
+        let mut rows = Vec::with_capacity(joined.len());
+        for (index, row) in joined.into_iter().enumerate() {
+            if index == 0 {
+                settings = row.settings;
+            }
+            rows.extend(row.activation);
+        }
         let card = self.card_among(&rows, account, at).await?;
         Ok((card, settings.map(crate::settings::SettingsRow::into_settings).unwrap_or_default()))
     }

@@ -263,6 +263,15 @@ impl Queues {
             .collect())
     }
 
+    /// How many pushes the relay keeps in flight: many on Redis (one connection pipelines them), one at a time on
+    /// SQLite (a single writer, where concurrent pushes would only queue on its lock).
+    pub(crate) fn pushes_at_once(&self) -> usize {
+        match self.backend {
+            QueueBackend::Sqlite { .. } => 1,
+            QueueBackend::Redis { .. } => 64,
+        }
+    }
+
     /// Pushes a job to its queue.
     pub(crate) async fn push(&self, job: AnyJob) -> Result<(), String> {
         macro_rules! push {

@@ -8,6 +8,7 @@ use creditflow_store::{
     AUTORELOADS_QUEUE, EMAILS_QUEUE, REPORTS_QUEUE, SCHEDULED_QUEUE, STRIPE_EVENTS_QUEUE, Store, USAGE_BATCHES_QUEUE,
     WEBHOOK_EVENTS_QUEUE,
 };
+use futures_util::StreamExt as _;
 use tokio::sync::watch;
 
 use crate::{AnyJob, Queues};
@@ -46,7 +47,7 @@ pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndp
     if !held.is_empty() {
         messages = store.unrelayed_outbox_except(&held, BATCH).await.map_err(|e| e.to_string())?;
     }
-    let mut relayed = 0;
+    let mut pass = Vec::with_capacity(messages.len());
     for message in messages {
         let jobs = match jobs_for(&message.queue, &message.payload, endpoints) {
             Ok(jobs) => jobs,
@@ -63,13 +64,35 @@ pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndp
         for job in &records {
             *waiting.entry(job.queue.clone()).or_default() += 1;
         }
-        for job in jobs {
-            queues.push(job).await.map_err(|e| format!("cannot queue outbox message {}: {e}", message.id))?;
-        }
-        store.mark_outbox_relayed_as(message.id, &records).await.map_err(|e| e.to_string())?;
-        relayed += 1;
+        pass.push((message.id, jobs, records));
     }
-    Ok(relayed)
+    // Every message's jobs are pushed at once (the broker connection pipelines them), then every message whose jobs
+    // all went out is marked relayed in one write. A crash in between relays those messages again: at least once.
+    let sends: Vec<_> =
+        pass.iter_mut().map(|(id, jobs, _)| push_all(queues.clone(), *id, std::mem::take(jobs))).collect();
+    let pushed: Vec<Result<(), String>> =
+        futures_util::stream::iter(sends).buffered(queues.pushes_at_once()).collect().await;
+    let mut failure = None;
+    let mut relayed = Vec::with_capacity(pass.len());
+    for ((id, _, records), result) in pass.iter().zip(pushed) {
+        match result {
+            Ok(()) => relayed.push((*id, records.as_slice())),
+            Err(error) => failure = failure.or(Some(error)),
+        }
+    }
+    store.mark_outbox_many_relayed_as(&relayed).await.map_err(|e| e.to_string())?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(relayed.len()),
+    }
+}
+
+/// Pushes the jobs of outbox message `id`, in order.
+async fn push_all(queues: Queues, id: i64, jobs: Vec<AnyJob>) -> Result<(), String> {
+    for job in jobs {
+        queues.push(job).await.map_err(|e| format!("cannot queue outbox message {id}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The jobs an outbox message becomes: one, or one delivery per interested endpoint for a monitoring event.
