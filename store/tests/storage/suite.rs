@@ -674,4 +674,38 @@ pub(crate) async fn many_accounts_post_in_one_transaction_without_deadlock(db: &
     for id in &ids {
         db.assert_balance(id, 2_000 - 80).await;
     }
+    // One transaction over accounts whose byte order differs from a linguistic one ('-' < 'M' < '_' < 'm' in bytes),
+    // an account nobody created, and a debit that crosses a low-balance threshold: each group answers as `post_many`
+    // would, and the crossing's notice is written with the entries.
+    let crossing = db.account_with("acct_Mx", 1_000).await;
+    let dashed = db.account_with("acct-mx", 1_000).await;
+    let settings =
+        AccountSettings { low_balance_threshold: Some(Millicredits::new(600)), ..AccountSettings::default() };
+    db.store.put_settings(&crossing, &settings).await.expect("settings");
+    let nobody = creditflow_domain::AccountId::new("acct_mx_nobody").expect("valid");
+    let groups = vec![
+        vec![usage(&nobody, "n", 10)],
+        vec![usage(&crossing, "x1", 300), usage(&crossing, "x2", 300)],
+        vec![usage(&ids[0], "y", 20), usage(&ids[0], "y", 20)],
+        vec![usage(&dashed, "z", 5_000)],
+    ];
+    let outcomes = db.store.post_many_accounts(&groups).await.expect("posted");
+    assert_eq!(outcomes[0], vec![PostingOutcome::AccountNotFound]);
+    assert!(outcomes[1].iter().all(|outcome| matches!(outcome, PostingOutcome::Created(_))));
+    assert!(matches!(outcomes[2][..], [PostingOutcome::Created(_), PostingOutcome::Exists(_)]), "{:?}", outcomes[2]);
+    assert!(matches!(outcomes[3][..], [PostingOutcome::InsufficientFunds { .. }]), "{:?}", outcomes[3]);
+    db.assert_balance(&crossing, 400).await;
+    db.assert_balance(&ids[0], 2_000 - 80 - 20).await;
+    db.assert_balance(&dashed, 1_000).await;
+    let outbox = db.store.unrelayed_outbox(100).await.expect("outbox");
+    let notices: Vec<serde_json::Value> = outbox
+        .iter()
+        .filter(|message| message.queue == EMAILS_QUEUE)
+        .map(|message| serde_json::from_str(&message.payload).expect("json"))
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(
+        (notices[0]["accountId"].as_str(), notices[0]["balanceMillicredits"].as_i64()),
+        (Some("acct_Mx"), Some(400))
+    );
 }
