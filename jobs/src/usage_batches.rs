@@ -167,12 +167,8 @@ async fn price(
     // Every account's card at acceptance, the activations read once for the whole batch.
     let accounts: BTreeSet<AccountId> = events.iter().filter_map(|event| event.account().ok()).collect();
     let accounts: Vec<&AccountId> = accounts.iter().collect();
-    let cards: HashMap<AccountId, Option<std::sync::Arc<RateCard>>> = store
-        .rate_cards_for(&accounts, accepted_at)
-        .await?
-        .into_iter()
-        .map(|(account, stored)| (account, stored.map(|stored| stored.card)))
-        .collect();
+    let cards: HashMap<AccountId, Option<std::sync::Arc<RateCard>>> =
+        store.rate_cards_for(&accounts, accepted_at).await?;
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
     let mut priced = Priced::default();
     for (index, event) in events.iter().enumerate() {

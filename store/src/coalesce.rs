@@ -1,37 +1,37 @@
-//! Coalescing concurrent postings to one account into one transaction.
+//! Coalescing concurrent usage debits of one account into one write.
 //!
-//! Every posting locks its account's row, so postings to one busy account run one after another, each paying a
-//! whole transaction (lock, key lookup, insert, balance update, commit) for one entry. A [`Coalescer`] keeps a lane
-//! per account: a posting that finds its account idle is written at once; postings that arrive while one is being
-//! written wait in the lane, and the next transaction takes all of them (up to [`GROUP_MAX`]) through
-//! [`Store::post_many`], which decides each as if it had been posted alone, in arrival order. Under contention one
-//! commit serves many requests; without it a posting pays one spawned task and a channel.
+//! Postings to one account are serialised (by its row lock, or by the sequence check of the unlocked path), so
+//! debits of one busy account would run one after another, each paying a whole read and write for one entry. A
+//! [`Coalescer`] keeps a lane per account: a debit that finds its account idle is written at once; debits that
+//! arrive while one is being written wait in the lane, and the next write takes all of them (up to [`GROUP_MAX`])
+//! through [`Store::debit_usage`], which prices and decides each as if it had been posted alone, in arrival order.
+//! Under contention one commit serves many requests; without it a debit pays one spawned task and a channel.
 //!
-//! Each posting's outcome is exactly what [`Store::post`] would have answered in that order. If a group's
-//! transaction fails, its postings are retried one by one, so each caller gets its own answer or error and nothing
-//! is written twice (the group's transaction wrote nothing; keys make every retry idempotent).
+//! Each debit's answer is exactly what [`Store::debit_usage`] would have given it alone, in that order. If a group's
+//! write fails, its debits are retried one by one, so each caller gets its own answer or error and nothing is
+//! written twice (the group's write wrote nothing; keys make every retry idempotent).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use creditflow_domain::{Posting, PostingOutcome};
+use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-use crate::{Store, StoreError};
+use crate::{DebitAnswer, Store, StoreError, UsageDebit};
 
-/// Most postings one coalesced transaction takes.
+/// Most debits one coalesced write takes.
 pub(crate) const GROUP_MAX: usize = 256;
 
 struct Waiting {
-    posting: Posting,
-    answer: oneshot::Sender<Result<PostingOutcome, StoreError>>,
+    debit: UsageDebit,
+    answer: oneshot::Sender<Result<DebitAnswer, StoreError>>,
 }
 
-/// The postings waiting for each account whose lane is being written; an account has an entry only while a writer
+/// The debits waiting for each account whose lane is being written; an account has an entry only while a writer
 /// task runs for it.
 type Lanes = HashMap<String, Vec<Waiting>>;
 
-/// Coalesces concurrent postings per account (see the module's documentation). Cheap to clone; clones share lanes.
+/// Coalesces concurrent usage debits per account (see the module's documentation). Cheap to clone; clones share lanes.
 #[derive(Clone, Default)]
 pub struct Coalescer {
     lanes: Arc<Mutex<Lanes>>,
@@ -50,19 +50,19 @@ impl Coalescer {
         Self::default()
     }
 
-    /// Posts `posting` like [`Store::post`], in one transaction with the postings to the same account that wait
-    /// beside it. The write runs in a task of its own, so it completes even if the caller stops waiting.
-    pub async fn post(&self, store: &Store, posting: Posting) -> Result<PostingOutcome, StoreError> {
-        posting.validate()?;
-        let account = posting.account_id.as_str().to_owned();
+    /// Prices and posts `debit` like [`Store::debit_usage`], in one write with the debits of the same account that
+    /// wait beside it, priced at the time of that write. The write runs in a task of its own, so it completes even if
+    /// the caller stops waiting.
+    pub async fn debit(&self, store: &Store, debit: UsageDebit) -> Result<DebitAnswer, StoreError> {
+        let account = debit.account_id.as_str().to_owned();
         let (answer, answered) = oneshot::channel();
         let start_writer = {
             let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(waiting) = lanes.get_mut(&account) {
-                waiting.push(Waiting { posting, answer });
+                waiting.push(Waiting { debit, answer });
                 false
             } else {
-                lanes.insert(account.clone(), vec![Waiting { posting, answer }]);
+                lanes.insert(account.clone(), vec![Waiting { debit, answer }]);
                 true
             }
         };
@@ -70,7 +70,7 @@ impl Coalescer {
             let (lanes, store) = (Arc::clone(&self.lanes), store.clone());
             tokio::spawn(write_lane(lanes, store, account));
         }
-        answered.await.unwrap_or_else(|_| Err(StoreError::Corrupt("a coalesced posting went unanswered".to_owned())))
+        answered.await.unwrap_or_else(|_| Err(StoreError::Corrupt("a coalesced debit went unanswered".to_owned())))
     }
 }
 
@@ -93,18 +93,22 @@ async fn write_lane(lanes: Arc<Mutex<Lanes>>, store: Store, account: String) {
 
 async fn write_group(store: &Store, group: Vec<Waiting>) {
     if group.len() > 1 {
-        let postings: Vec<Posting> = group.iter().map(|waiting| waiting.posting.clone()).collect();
-        if let Ok(outcomes) = store.post_many(&postings).await
-            && outcomes.len() == group.len()
+        let debits: Vec<UsageDebit> = group.iter().map(|waiting| waiting.debit.clone()).collect();
+        if let Ok(answers) = store.debit_usage(&debits, OffsetDateTime::now_utc()).await
+            && answers.len() == group.len()
         {
-            for (waiting, outcome) in group.into_iter().zip(outcomes) {
-                let _ = waiting.answer.send(Ok(outcome));
+            for (waiting, answer) in group.into_iter().zip(answers) {
+                let _ = waiting.answer.send(Ok(answer));
             }
             return;
         }
     }
-    // One posting, or a group whose transaction failed (it wrote nothing): each alone, with its own answer.
+    // One debit, or a group whose write failed (it wrote nothing): each alone, with its own answer.
     for waiting in group {
-        let _ = waiting.answer.send(store.post(&waiting.posting).await);
+        let answer = store.debit_usage(std::slice::from_ref(&waiting.debit), OffsetDateTime::now_utc()).await;
+        let answer = answer.and_then(|mut answers| {
+            answers.pop().ok_or_else(|| StoreError::Corrupt("a debit went unanswered".to_owned()))
+        });
+        let _ = waiting.answer.send(answer);
     }
 }

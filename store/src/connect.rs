@@ -48,7 +48,7 @@ impl Store {
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await?;
-            Ok(Self::Sqlite(SqliteStore { pool, write_gate: Arc::default(), cards: Arc::default() }))
+            Ok(Self::Sqlite(SqliteStore { pool, write_gate: Arc::default(), cards: crate::activations::CardCache::default() }))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?.application_name("creditflow");
             PgConnection::connect_with(&options).await?.close().await?;
@@ -70,7 +70,7 @@ impl Store {
                 })
                 .connect_with(options)
                 .await?;
-            Ok(Self::Postgres(PostgresStore { pool, cards: Arc::default() }))
+            Ok(Self::Postgres(PostgresStore { pool, cards: crate::activations::CardCache::default() }))
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
         }

@@ -8,12 +8,14 @@
 //! themselves live in `creditflow_domain::ledger` and are the same for both.
 
 mod accounts;
+mod activations;
 mod activity;
 mod audit;
 mod autoreloads;
 mod batches;
 mod coalesce;
 mod connect;
+mod debits;
 mod error;
 mod inbox;
 mod jobs;
@@ -34,6 +36,7 @@ pub use autoreloads::{AUTORELOADS_QUEUE, AutoreloadClaim, AutoreloadOutcome, Aut
 pub use batches::{BatchResult, BatchStatus, BatchSubmitted, USAGE_BATCHES_QUEUE, UsageBatch};
 pub use coalesce::Coalescer;
 pub use connect::redact_url;
+pub use debits::{DebitAnswer, UsageDebit};
 pub use error::StoreError;
 pub use inbox::{OutboxMessage, Received, ReceivedEvent, STRIPE_EVENTS_QUEUE, WEBHOOK_EVENTS_QUEUE};
 pub use jobs::{
@@ -83,16 +86,16 @@ pub struct SqliteStore {
     /// SQLite has one writer at a time. Queueing our own writers here is fairer and faster than letting them spin on
     /// `SQLITE_BUSY`; `BEGIN IMMEDIATE` and the busy timeout still protect against other processes.
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
-    /// Rate card versions already parsed (versions are immutable).
-    cards: rate_cards::ParsedCards,
+    /// Rate card activations and parsed versions, copied once per process.
+    cards: activations::CardCache,
 }
 
 /// The PostgreSQL backend.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: Pool<Postgres>,
-    /// Rate card versions already parsed (versions are immutable).
-    cards: rate_cards::ParsedCards,
+    /// Rate card activations and parsed versions, copied once per process.
+    cards: activations::CardCache,
 }
 
 /// The SQL that differs between backends.

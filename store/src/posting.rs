@@ -31,7 +31,7 @@ pub struct LedgerTotals {
 }
 
 #[derive(sqlx::FromRow)]
-struct LockedAccount {
+pub(crate) struct LockedAccount {
     balance_millicredits: i64,
     status: String,
     last_sequence: i64,
@@ -41,10 +41,10 @@ struct LockedAccount {
 }
 
 /// A locked account's state, low-balance threshold and (when autoreload is on) autoreload threshold.
-type LockedState = (Option<AccountState>, Option<i64>, Option<Millicredits>);
+pub(crate) type LockedState = (Option<AccountState>, Option<i64>, Option<Millicredits>);
 
 impl LockedAccount {
-    fn read(self, account_id: &str) -> Result<LockedState, StoreError> {
+    pub(crate) fn read(self, account_id: &str) -> Result<LockedState, StoreError> {
         let state = AccountState {
             balance: Millicredits::new(self.balance_millicredits),
             status: account_status(account_id, &self.status)?,
@@ -245,6 +245,25 @@ impl Store {
         {
             return Ok(vec![outcomes]);
         }
+        self.post_groups_locked(groups, audit).await
+    }
+
+    /// Like [`Store::post_many`], always under the account's lock (the caller already tried without).
+    pub(crate) async fn post_many_locked(&self, postings: &[Posting]) -> Result<Vec<PostingOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(postings.len());
+        for chunk in postings.chunks(GROUP_SIZE_MAX) {
+            let mut group = self.post_groups_locked(&[chunk], None).await?;
+            outcomes.extend(group.pop().unwrap_or_default());
+        }
+        Ok(outcomes)
+    }
+
+    /// [`Store::post_groups`] under the accounts' locks, retried when a concurrent writer of a key got there first.
+    async fn post_groups_locked(
+        &self,
+        groups: &[&[Posting]],
+        audit: Option<&NewAuditRecord>,
+    ) -> Result<Vec<Vec<PostingOutcome>>, StoreError> {
         for _ in 0..POSTING_ATTEMPTS {
             match self.post_groups_once(groups, audit).await {
                 Err(error) if error.is_unique_violation() => {}
@@ -444,12 +463,12 @@ impl Store {
 
 /// What a group of postings does to one account: an outcome per posting, the entries to insert (in sequence
 /// order) and the outbox rows their threshold crossings call for.
-struct GroupPlan {
-    outcomes: Vec<PostingOutcome>,
-    created: Vec<Entry>,
-    notices: Vec<(&'static str, String, Option<String>)>,
+pub(crate) struct GroupPlan {
+    pub(crate) outcomes: Vec<PostingOutcome>,
+    pub(crate) created: Vec<Entry>,
+    pub(crate) notices: Vec<(&'static str, String, Option<String>)>,
     /// The usage debit that took the balance under the autoreload threshold, when one did.
-    reload: Option<String>,
+    pub(crate) reload: Option<String>,
 }
 
 /// `INSERT INTO ledger_entries ... VALUES (...), (...)` with placeholders for `rows` entries.
@@ -728,11 +747,14 @@ async fn post_unlocked(pool: &sqlx::PgPool, postings: &[Posting]) -> Result<Opti
     }
     let account_id = first.account_id.as_str();
     let keys: Vec<&str> = postings.iter().map(|posting| posting.idempotency_key.as_str()).collect();
+    // Both statements on one connection: sqlx checks a connection with a round trip each time it goes back to the
+    // pool, and a second acquisition could wait behind other requests.
+    let mut connection = pool.acquire().await?;
     let rows = sqlx::query(READ_FOR_POSTING)
         .bind(account_id)
         .bind(&keys)
         .bind(window.map(Timestamp::from))
-        .fetch_all(pool)
+        .fetch_all(&mut *connection)
         .await?;
     let (mut state, mut limits, mut spent) = (None, (None, None), HashMap::new());
     let mut existing = HashMap::new();
@@ -755,11 +777,26 @@ async fn post_unlocked(pool: &sqlx::PgPool, postings: &[Posting]) -> Result<Opti
     if !plan.notices.is_empty() || plan.reload.is_some() {
         return Ok(None);
     }
-    let (Some(last), Some(expected_sequence)) = (plan.created.last(), expected_sequence) else {
+    let (Some(_), Some(expected_sequence)) = (plan.created.last(), expected_sequence) else {
         // Nothing to write: every posting was refused or replayed.
         return Ok(Some(plan.outcomes));
     };
-    let sql = conditional_insert_sql(plan.created.len());
+    let written = write_if_unmoved(&mut connection, &plan.created, expected_sequence, now).await?;
+    Ok(written.then_some(plan.outcomes))
+}
+
+/// PostgreSQL, one statement: appends `created` (one account's entries, in sequence order) and moves the account to
+/// the last one's balance and sequence, if the account's sequence is still `expected_sequence`. `false` (nothing
+/// written) when another posting moved the account first.
+pub(crate) async fn write_if_unmoved(
+    connection: &mut sqlx::PgConnection,
+    created: &[Entry],
+    expected_sequence: i64,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let Some(last) = created.last() else { return Ok(true) };
+    let account_id = last.account_id.as_str();
+    let sql = conditional_insert_sql(created.len());
     // Only placeholders are generated; every value is bound.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(last.balance_after.get())
@@ -767,23 +804,21 @@ async fn post_unlocked(pool: &sqlx::PgPool, postings: &[Posting]) -> Result<Opti
         .bind(now)
         .bind(account_id)
         .bind(expected_sequence);
-    for entry in &plan.created {
+    for entry in created {
         query = bind_entry!(query, entry, account_id, now);
     }
-    match query.execute(pool).await {
-        Ok(done) if done.rows_affected() == plan.created.len() as u64 => Ok(Some(plan.outcomes)),
-        // Another posting moved the account first.
-        Ok(_) => Ok(None),
+    match query.execute(&mut *connection).await {
+        Ok(done) => Ok(done.rows_affected() == created.len() as u64),
         Err(error) => {
             let error = StoreError::from(error);
-            if error.is_unique_violation() { Ok(None) } else { Err(error) }
+            if error.is_unique_violation() { Ok(false) } else { Err(error) }
         }
     }
 }
 
 /// Applies the domain's rules to each posting in order, as if each were posted alone: a later posting sees the
 /// balance, sequence, keys and spent usage the earlier ones left.
-fn plan_group(
+pub(crate) fn plan_group(
     postings: &[Posting],
     mut state: Option<AccountState>,
     mut existing: HashMap<String, Entry>,

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use creditflow_domain::{AccountId, RateCard, RateVersion, rollout_covers};
+use creditflow_domain::{AccountId, RateCard, RateVersion};
 use time::OffsetDateTime;
 
 use crate::audit::{NewAuditRecord, insert_audit};
@@ -65,8 +65,6 @@ struct ActiveRow {
     version: String,
     document: String,
     effective_at: Timestamp,
-    percentage: i32,
-    allowlist: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -85,54 +83,7 @@ struct ActivationRow {
     actor: String,
 }
 
-/// Activations in force at `$1`, newest first: a global one ends the walk.
-const ACTIVATIONS_AT: &str = "SELECT c.version, c.document, a.effective_at, a.percentage, a.allowlist \
-     FROM rate_card_activations a JOIN rate_cards c ON c.version = a.version \
-     WHERE a.effective_at <= $1 ORDER BY a.effective_at DESC, a.id DESC LIMIT $2";
-/// [`ACTIVATIONS_AT`] beside the settings of account `$3`, in one statement: one row per activation, each carrying
-/// the settings, or one row of settings (all null when the account has none) when no activation is in force.
-const CARD_AND_SETTINGS: &str = "SELECT w.version, w.document, w.effective_at, w.percentage, w.allowlist, \
-     s.email, s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits, \
-     s.autoreload_pack, s.autoreload_monthly_cap_usd_cents, s.daily_spend_cap_millicredits \
-     FROM (SELECT 1 AS one) AS always \
-     LEFT JOIN account_settings s ON s.account_id = $3 \
-     LEFT JOIN (SELECT c.version, c.document, a.effective_at, a.percentage, a.allowlist, a.id \
-                FROM rate_card_activations a JOIN rate_cards c ON c.version = a.version \
-                WHERE a.effective_at <= $1 ORDER BY a.effective_at DESC, a.id DESC LIMIT $2) AS w ON 1 = 1 \
-     ORDER BY w.effective_at DESC, w.id DESC";
-
-/// A row of [`CARD_AND_SETTINGS`].
-struct CardAndSettingsRow {
-    activation: Option<ActiveRow>,
-    settings: Option<crate::settings::SettingsRow>,
-}
-
-impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for CardAndSettingsRow
-where
-    ActiveRow: sqlx::FromRow<'r, R>,
-    crate::settings::SettingsRow: sqlx::FromRow<'r, R>,
-    &'r str: sqlx::ColumnIndex<R>,
-    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<bool>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        // `version` is never null in a stored activation, and `autoreload_enabled` never in a settings row.
-        let activation = match row.try_get::<Option<String>, _>("version")? {
-            Some(_) => Some(ActiveRow::from_row(row)?),
-            None => None,
-        };
-        let settings = match row.try_get::<Option<bool>, _>("autoreload_enabled")? {
-            Some(_) => Some(crate::settings::SettingsRow::from_row(row)?),
-            None => None,
-        };
-        Ok(Self { activation, settings })
-    }
-}
-
-/// How many activations to walk before falling back to the newest global one.
-const ROLLOUT_WALK: i64 = 64;
-
-fn allowlist_from_json(text: Option<&str>) -> Result<Vec<String>, StoreError> {
+pub(crate) fn allowlist_from_json(text: Option<&str>) -> Result<Vec<String>, StoreError> {
     match text {
         None => Ok(Vec::new()),
         Some(text) => parse_string_array(text).ok_or_else(|| StoreError::Corrupt(format!("rollout allowlist {text}"))),
@@ -249,7 +200,7 @@ impl Store {
 
     /// The card in force for everyone at `at`: the latest global activation that took effect by then.
     pub async fn active_rate_card(&self, at: OffsetDateTime) -> Result<Option<StoredRateCard>, StoreError> {
-        let sql = "SELECT c.version, c.document, a.effective_at, a.percentage, a.allowlist \
+        let sql = "SELECT c.version, c.document, a.effective_at \
                    FROM rate_card_activations a JOIN rate_cards c ON c.version = a.version \
                    WHERE a.effective_at <= $1 AND a.percentage = 100 AND a.allowlist IS NULL \
                    ORDER BY a.effective_at DESC, a.id DESC LIMIT 1";
@@ -266,81 +217,31 @@ impl Store {
         &self,
         account: &AccountId,
         at: OffsetDateTime,
-    ) -> Result<Option<StoredRateCard>, StoreError> {
-        let rows: Vec<ActiveRow> = on_backend!(self, |pool, _dialect| {
-            sqlx::query_as(ACTIVATIONS_AT).bind(Timestamp::from(at)).bind(ROLLOUT_WALK).fetch_all(pool).await?
-        });
-        self.card_among(&rows, account, at).await
+    ) -> Result<Option<Arc<RateCard>>, StoreError> {
+        let mut cards = self.rate_cards_for(&[account], at).await?;
+        Ok(cards.remove(account).flatten())
     }
 
-    /// The card in force for each of `accounts` at `at`, as [`Store::rate_card_for`] answers it, reading the
-    /// activations once for all of them (a usage batch spans many accounts).
+    /// The card in force for each of `accounts` at `at`, as [`Store::rate_card_for`] answers it, with one read of
+    /// the activations for all of them (a usage batch spans many accounts).
     pub async fn rate_cards_for(
         &self,
         accounts: &[&AccountId],
         at: OffsetDateTime,
-    ) -> Result<HashMap<AccountId, Option<StoredRateCard>>, StoreError> {
-        let rows: Vec<ActiveRow> = on_backend!(self, |pool, _dialect| {
-            sqlx::query_as(ACTIVATIONS_AT).bind(Timestamp::from(at)).bind(ROLLOUT_WALK).fetch_all(pool).await?
-        });
+    ) -> Result<HashMap<AccountId, Option<Arc<RateCard>>>, StoreError> {
+        let rows: i64 = on_backend!(self, |pool, _dialect| sqlx::query_scalar(crate::activations::COUNT_ACTIVATIONS)
+            .fetch_one(pool)
+            .await?);
+        let activations = self.activations(rows, None).await?;
         let mut cards = HashMap::with_capacity(accounts.len());
         for account in accounts {
-            cards.insert((*account).clone(), self.card_among(&rows, account, at).await?);
+            let card = match activations.version_for(account, at) {
+                Some(version) => Some(self.parsed_card(version, None).await?),
+                None => None,
+            };
+            cards.insert((*account).clone(), card);
         }
         Ok(cards)
-    }
-
-    /// The card in force for `account` and its settings, read on one connection (what a reconcile needs first).
-    pub async fn rate_card_and_settings(
-        &self,
-        account: &AccountId,
-        at: OffsetDateTime,
-    ) -> Result<(Option<StoredRateCard>, creditflow_domain::AccountSettings), StoreError> {
-        let joined: Vec<CardAndSettingsRow> = on_backend!(self, |pool, _dialect| {
-            sqlx::query_as(CARD_AND_SETTINGS)
-                .bind(Timestamp::from(at))
-                .bind(ROLLOUT_WALK)
-                .bind(account.as_str())
-                .fetch_all(pool)
-                .await?
-        });
-        let mut settings = None;
-        let mut rows = Vec::with_capacity(joined.len());
-        for (index, row) in joined.into_iter().enumerate() {
-            if index == 0 {
-                settings = row.settings;
-            }
-            rows.extend(row.activation);
-        }
-        let card = self.card_among(&rows, account, at).await?;
-        Ok((card, settings.map(crate::settings::SettingsRow::into_settings).unwrap_or_default()))
-    }
-
-    /// The newest of `rows` (activations by then, newest first) that covers `account`.
-    async fn card_among(
-        &self,
-        rows: &[ActiveRow],
-        account: &AccountId,
-        at: OffsetDateTime,
-    ) -> Result<Option<StoredRateCard>, StoreError> {
-        for row in rows {
-            let version = RateVersion::new(row.version.clone())
-                .map_err(|_| StoreError::Corrupt(format!("rate version {}", row.version)))?;
-            let allowlist: Vec<AccountId> = allowlist_from_json(row.allowlist.as_deref())?
-                .into_iter()
-                .filter_map(|id| AccountId::new(id).ok())
-                .collect();
-            let percentage = u8::try_from(row.percentage).unwrap_or(100);
-            if rollout_covers(&version, percentage, &allowlist, account) {
-                return self.stored(row.clone()).map(Some);
-            }
-        }
-        // More partial rollouts than the walk reads: the newest global activation still applies.
-        if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= ROLLOUT_WALK {
-            self.active_rate_card(at).await
-        } else {
-            Ok(None)
-        }
     }
 
     /// Every stored version with its activations, oldest first.
@@ -384,10 +285,7 @@ pub(crate) type ParsedCards = Arc<Mutex<HashMap<String, Arc<RateCard>>>>;
 
 impl Store {
     fn parsed_cards(&self) -> &ParsedCards {
-        match self {
-            Self::Sqlite(store) => &store.cards,
-            Self::Postgres(store) => &store.cards,
-        }
+        self.card_cache().parsed()
     }
 
     /// The stored card of `row`, parsed once per version.

@@ -4,6 +4,7 @@
 //! once per backend, so `sqlite::posting_replays` and `postgres::posting_replays` are the same test on two drivers.
 
 mod storage {
+    pub(crate) mod debits;
     pub(crate) mod helpers;
     pub(crate) mod property;
     pub(crate) mod suite;
@@ -61,6 +62,8 @@ storage_suite!(
     grouped_postings_match_the_reference_model,
     large_groups_post_in_order_and_cross_the_threshold_once,
     stalled_jobs_are_queued_again_once,
+    debits_are_priced_with_the_card_in_force_and_replayed_by_key,
+    debits_respect_the_daily_cap_and_queue_the_low_balance_notice,
     coalesced_debits_answer_as_if_posted_alone,
     many_accounts_post_in_one_transaction_without_deadlock,
 );

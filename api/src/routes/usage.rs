@@ -9,14 +9,12 @@
 
 use std::collections::BTreeMap;
 
-use creditflow_domain::{
-    EntryKind, Millicredits, Overdraft, Posting, PostingOutcome, PricingError, RateCard, SpendCap,
-};
+use creditflow_domain::{Millicredits, PostingOutcome, PricingError, Usage};
+use creditflow_store::{DebitAnswer, UsageDebit};
 use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sha2::{Digest as _, Sha256};
-use time::OffsetDateTime;
 
 use super::{ApiTags, credits};
 use crate::AppState;
@@ -89,61 +87,36 @@ impl UsageApi {
     ) -> Result<ReconcileResponse, ApiError> {
         let request = body.0;
         let account_id = auth.0.account(request.account_id.as_deref(), true)?;
-        let store = &state.store;
-        let now = OffsetDateTime::now_utc();
-        // The card and the settings (for the daily spend cap) on one connection.
-        let (active, settings) = store.rate_card_and_settings(&account_id, now).await?;
-        let Some(active) = active else {
-            return Err(ApiError::Unavailable(Json(ErrorBody::new("unavailable", "no rate card is active"))));
-        };
         let fingerprint = fingerprint(account_id.as_str(), &request);
-        // Callers' keys live in their own namespace, apart from the keys creditflow's jobs use (`payment:...`).
-        let key = format!("{CALLER_KEY_PREFIX}{}", request.idempotency_key);
-        // A retry is answered from its first entry, whatever today's rate card says. The posting below finds the key
-        // itself (under the account lock), so the key is looked up beforehand only when the request cannot be
-        // priced or prices to nothing now: its first use may have been priced by an earlier card.
-        let priced = price(&active.card, &request);
-        if !matches!(&priced, Ok((charge, _)) if charge.amount != Millicredits::ZERO)
-            && let Some(first) = store.entry_by_key(&account_id, &key).await?
-        {
-            return replay(&account_id, &request, &fingerprint, first);
-        }
-        let (charge, units) = priced?;
-        let spend_cap = settings
-            .daily_spend_cap
-            .map(|limit| SpendCap { limit, window_start: now.replace_time(time::Time::MIDNIGHT) });
-        let answer = |entry_id: Option<String>, amount: Millicredits, balance: Millicredits, version: String| {
-            reconciled(&account_id, &request, entry_id, amount, balance, version)
-        };
-        if charge.amount == Millicredits::ZERO {
-            let balance = store.account(&account_id).await?.map_or(Millicredits::ZERO, |account| account.balance);
-            let body = answer(None, Millicredits::ZERO, balance, charge.rate_version.to_string());
-            return Ok(ReconcileResponse::Ok(Json(body), "false".to_owned()));
-        }
-        let posting = Posting {
+        let debit = UsageDebit {
             account_id: account_id.clone(),
-            kind: EntryKind::UsageDebit,
-            amount: charge.amount.checked_neg().map_err(|_| ApiError::invalid("the charge is too large"))?,
-            idempotency_key: key,
+            // Callers' keys live in their own namespace, apart from the keys creditflow's jobs use (`payment:...`).
+            idempotency_key: format!("{CALLER_KEY_PREFIX}{}", request.idempotency_key),
             correlation_id: request.correlation_id.clone(),
-            rate_version: Some(charge.rate_version.clone()),
-            source_ref: Some(fingerprint.clone()),
-            reason: None,
-            overdraft: Overdraft::Forbid,
-            spend_cap,
-            usage: Some(creditflow_domain::UsageRecord { model: request.model.clone(), units }),
+            model: request.model.clone(),
+            usage: quantities(&request)?,
+            fingerprint: fingerprint.clone(),
         };
-        posting.validate().map_err(|invalid| ApiError::invalid(invalid.to_string()))?;
         let failed = |_: &creditflow_store::StoreError| {
             metrics::counter!(crate::metrics::LEDGER_WRITE_FAILURES).increment(1);
         };
-        // Concurrent debits of one account share a transaction (a hot account commits once for many requests).
-        let mut outcome = state.debits.post(store, posting.clone()).await.inspect_err(failed)?;
-        if matches!(outcome, PostingOutcome::AccountNotFound) {
-            // A first debit of an account nobody has credited: it exists from now on (with nothing to pay with).
-            store.create_account(&account_id).await?;
-            outcome = state.debits.post(store, posting).await.inspect_err(failed)?;
-        }
+        // Priced with the card in force for the account and debited; concurrent debits of one account share a write
+        // (a hot account commits once for many requests). A retry is answered from its first entry, whatever
+        // today's rate card says.
+        let outcome = match state.debits.debit(&state.store, debit).await.inspect_err(failed)? {
+            DebitAnswer::Posted(outcome) => outcome,
+            DebitAnswer::Replay(first) => return replay(&account_id, &request, &fingerprint, first),
+            DebitAnswer::Free { balance, rate_version } => {
+                let body =
+                    reconciled(&account_id, &request, None, Millicredits::ZERO, balance, rate_version.to_string());
+                return Ok(ReconcileResponse::Ok(Json(body), "false".to_owned()));
+            }
+            DebitAnswer::Unpriced(error) => return Err(unpriced(&error)),
+            DebitAnswer::NoRateCard => {
+                return Err(ApiError::Unavailable(Json(ErrorBody::new("unavailable", "no rate card is active"))));
+            }
+            DebitAnswer::Invalid(invalid) => return Err(ApiError::invalid(invalid.to_string())),
+        };
         let (entry, replayed) = match outcome {
             PostingOutcome::Created(entry) => {
                 metrics::counter!(crate::metrics::RECONCILE_DEBITS).increment(1);
@@ -184,7 +157,7 @@ impl UsageApi {
         };
         let amount = entry.amount.checked_neg().unwrap_or(Millicredits::MAX);
         let version = entry.rate_version.as_ref().map_or_else(String::new, ToString::to_string);
-        let body = answer(Some(entry.id), amount, entry.balance_after, version);
+        let body = reconciled(&account_id, &request, Some(entry.id), amount, entry.balance_after, version);
         Ok(ReconcileResponse::Ok(Json(body), replayed.to_string()))
     }
 }
@@ -230,27 +203,26 @@ fn reconciled(
     }
 }
 
-/// The charge for the request, and its quantities.
-fn price(
-    card: &RateCard,
-    request: &ReconcileRequest,
-) -> Result<(creditflow_domain::Charge, creditflow_domain::Usage), ApiError> {
-    let mut usage = creditflow_domain::Usage::new();
+/// The request's quantities, each a whole number of 0 or more.
+fn quantities(request: &ReconcileRequest) -> Result<Usage, ApiError> {
+    let mut usage = Usage::new();
     for (unit, quantity) in &request.usage {
         let quantity = u64::try_from(*quantity).map_err(|_| {
             ApiError::invalid(format!("usage.{unit} is {quantity}: quantities are whole numbers of 0 or more"))
         })?;
         usage.insert(unit.clone(), quantity);
     }
-    let charge = card.charge(&request.model, &usage).map_err(|error| {
-        let code = match error {
-            PricingError::UnknownModel { .. } => "unknown_model",
-            PricingError::UnknownUnit { .. } => "unknown_unit",
-            PricingError::EmptyUsage | PricingError::Overflow => "invalid_request",
-        };
-        ApiError::Unprocessable(Json(ErrorBody::new(code, error.to_string())))
-    })?;
-    Ok((charge, usage))
+    Ok(usage)
+}
+
+/// The 422 for usage the account's card cannot price.
+fn unpriced(error: &PricingError) -> ApiError {
+    let code = match error {
+        PricingError::UnknownModel { .. } => "unknown_model",
+        PricingError::UnknownUnit { .. } => "unknown_unit",
+        PricingError::EmptyUsage | PricingError::Overflow => "invalid_request",
+    };
+    ApiError::Unprocessable(Json(ErrorBody::new(code, error.to_string())))
 }
 
 /// `usage:` and the SHA-256 of what makes two reconcile bodies the same request.

@@ -1,0 +1,293 @@
+//! Usage debits as a reconcile asks for them: priced with the card in force for the account, then posted.
+//!
+//! On PostgreSQL a group of debits to one account costs two statements on one connection: one read returns the
+//! account, its settings, the usage it spent today (when it has a cap), the entries already holding the debits' keys
+//! and the number of rate card activations (which says whether this process's copy of them is current, see
+//! `activations.rs`); the debits are priced and decided in Rust; one statement appends the entries if no other
+//! posting moved the account meanwhile. Anything else (a threshold crossing that queues a notice or a reload, an
+//! account that moved, an account that does not exist yet) goes down the locking path of `posting.rs`, which
+//! decides every posting again under the account's lock. SQLite prices from the same copy and always posts through
+//! the locking path (its statements are calls into this process, and it has one writer anyway).
+
+use std::collections::HashMap;
+
+use creditflow_domain::{
+    AccountId, AccountState, Entry, EntryKind, Millicredits, Overdraft, Posting, PostingInvalid, PostingOutcome,
+    PricingError, RateVersion, SpendCap, Usage, UsageRecord,
+};
+use sqlx::{FromRow as _, Row as _};
+use time::OffsetDateTime;
+
+use crate::activations::COUNT_ACTIVATIONS;
+use crate::posting::{LockedAccount, plan_group, write_if_unmoved};
+use crate::rows::EntryRow;
+use crate::{Store, StoreError, Timestamp};
+
+/// A usage record to price and debit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageDebit {
+    /// The account to debit.
+    pub account_id: AccountId,
+    /// The ledger key of the debit (a retry carries the same).
+    pub idempotency_key: String,
+    /// Recorded on the entry.
+    pub correlation_id: Option<String>,
+    /// The model, as on the rate card.
+    pub model: String,
+    /// Quantities per unit kind.
+    pub usage: Usage,
+    /// What makes two requests the same, recorded as the entry's source reference: a retry of the same request
+    /// priced under a newer card is still recognised.
+    pub fingerprint: String,
+}
+
+/// What became of one [`UsageDebit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DebitAnswer {
+    /// Priced and handed to the ledger: its outcome (created, a replay, or a refusal).
+    Posted(PostingOutcome),
+    /// The debit cannot be priced now or prices to nothing, but its key was used before: the first entry.
+    Replay(Entry),
+    /// Priced at zero: nothing written.
+    Free {
+        /// The account's balance.
+        balance: Millicredits,
+        /// The card that priced it.
+        rate_version: RateVersion,
+    },
+    /// The account's card cannot price it.
+    Unpriced(PricingError),
+    /// No rate card is in force for the account.
+    NoRateCard,
+    /// The debit breaks a rule of postings (its key or correlation id, most likely): nothing was written.
+    Invalid(PostingInvalid),
+}
+
+/// What the debits need to know of their account before they are priced.
+struct Snapshot {
+    state: Option<AccountState>,
+    /// Low-balance threshold, autoreload threshold (when autoreload is on).
+    limits: (Option<i64>, Option<Millicredits>),
+    daily_spend_cap: Option<Millicredits>,
+    /// Usage debited today (read only when there is a cap).
+    spent_today: Option<Millicredits>,
+    existing: HashMap<String, Entry>,
+    activation_rows: i64,
+}
+
+/// PostgreSQL: the account `$1` (or a row of nulls when it does not exist) with its settings, the usage debited
+/// since `$3` when it has a daily cap, the number of rate card activations, and its entries whose key is in `$2`
+/// (one row per entry found, else one row with null entry columns).
+const READ_FOR_DEBIT: &str = concat!(
+    "SELECT a.balance_millicredits, a.status, a.last_sequence, \
+     s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits, \
+     s.daily_spend_cap_millicredits, \
+     CASE WHEN s.daily_spend_cap_millicredits IS NULL THEN NULL ELSE \
+       (SELECT CAST(COALESCE(-SUM(d.amount_millicredits), 0) AS BIGINT) FROM ledger_entries d \
+        WHERE d.account_id = $1 AND d.kind = 'usage_debit' AND d.created_at >= $3) END AS spent_millicredits, ",
+    "(SELECT COUNT(*) FROM rate_card_activations) AS activation_rows, \
+     e.id, e.account_id, e.sequence, e.kind, e.amount_millicredits, e.balance_after_millicredits, e.idempotency_key, \
+     e.correlation_id, e.rate_version, e.source_ref, e.reason, e.model, e.units, e.created_at \
+     FROM (SELECT 1 AS one) AS always \
+     LEFT JOIN accounts a ON a.id = $1 \
+     LEFT JOIN account_settings s ON s.account_id = a.id \
+     LEFT JOIN ledger_entries e ON e.account_id = a.id AND e.idempotency_key = ANY ($2)"
+);
+
+impl Snapshot {
+    fn from_rows(account_id: &str, rows: &[sqlx::postgres::PgRow]) -> Result<Self, StoreError> {
+        let mut snapshot = Self {
+            state: None,
+            limits: (None, None),
+            daily_spend_cap: None,
+            spent_today: None,
+            existing: HashMap::new(),
+            activation_rows: 0,
+        };
+        for (index, row) in rows.iter().enumerate() {
+            if index == 0 {
+                snapshot.activation_rows = row.try_get("activation_rows")?;
+                if row.try_get::<Option<i64>, _>("last_sequence")?.is_some() {
+                    let (state, threshold, reload_below) = LockedAccount::from_row(row)?.read(account_id)?;
+                    (snapshot.state, snapshot.limits) = (state, (threshold, reload_below));
+                }
+                snapshot.daily_spend_cap =
+                    row.try_get::<Option<i64>, _>("daily_spend_cap_millicredits")?.map(Millicredits::new);
+                snapshot.spent_today = row.try_get::<Option<i64>, _>("spent_millicredits")?.map(Millicredits::new);
+            }
+            if row.try_get::<Option<String>, _>("id")?.is_some() {
+                let entry = Entry::try_from(EntryRow::from_row(row)?)?;
+                snapshot.existing.insert(entry.idempotency_key.clone(), entry);
+            }
+        }
+        Ok(snapshot)
+    }
+}
+
+/// Midnight UTC of `at`'s day: where the daily spend cap's window begins.
+fn day_start(at: OffsetDateTime) -> OffsetDateTime {
+    at.to_offset(time::UtcOffset::UTC).replace_time(time::Time::MIDNIGHT)
+}
+
+impl Store {
+    /// Prices each debit (all to one account) with the card in force for the account at `at` and posts it, in
+    /// order, as if each were posted alone: a later debit sees the balance the earlier ones left. Idempotent per key.
+    pub async fn debit_usage(&self, debits: &[UsageDebit], at: OffsetDateTime) -> Result<Vec<DebitAnswer>, StoreError> {
+        let Some(first) = debits.first() else { return Ok(Vec::new()) };
+        if debits.iter().any(|debit| debit.account_id != first.account_id) {
+            return Err(StoreError::InvalidPosting(creditflow_domain::PostingInvalid::AccountId));
+        }
+        let account_id = first.account_id.as_str();
+        let keys: Vec<&str> = debits.iter().map(|debit| debit.idempotency_key.as_str()).collect();
+        let mut connection = match self {
+            Self::Postgres(store) => Some(store.pool.acquire().await?),
+            Self::Sqlite(_) => None,
+        };
+        let snapshot = match connection.as_mut() {
+            Some(connection) => {
+                let rows = sqlx::query(READ_FOR_DEBIT)
+                    .bind(account_id)
+                    .bind(&keys)
+                    .bind(Timestamp::from(day_start(at)))
+                    .fetch_all(&mut **connection)
+                    .await?;
+                Snapshot::from_rows(account_id, &rows)?
+            }
+            None => self.sqlite_snapshot(&first.account_id, &keys).await?,
+        };
+        let activations = self.activations(snapshot.activation_rows, connection.as_deref_mut()).await?;
+        let Some(version) = activations.version_for(&first.account_id, at).cloned() else {
+            return Ok(debits.iter().map(|_| DebitAnswer::NoRateCard).collect());
+        };
+        let card = self.parsed_card(&version, connection.as_deref_mut()).await?;
+        let spend_cap = snapshot.daily_spend_cap.map(|limit| SpendCap { limit, window_start: day_start(at) });
+        let mut answers: Vec<Option<DebitAnswer>> = Vec::with_capacity(debits.len());
+        let (mut postings, mut posted_at) = (Vec::with_capacity(debits.len()), Vec::with_capacity(debits.len()));
+        for debit in debits {
+            let charge = match card.charge(&debit.model, &debit.usage) {
+                Ok(charge) if charge.amount != Millicredits::ZERO => charge,
+                priced => {
+                    answers.push(Some(match (snapshot.existing.get(&debit.idempotency_key), priced) {
+                        (Some(first), _) => DebitAnswer::Replay(first.clone()),
+                        (None, Err(error)) => DebitAnswer::Unpriced(error),
+                        (None, Ok(charge)) => DebitAnswer::Free {
+                            balance: snapshot.state.map_or(Millicredits::ZERO, |account| account.balance),
+                            rate_version: charge.rate_version,
+                        },
+                    }));
+                    continue;
+                }
+            };
+            let Ok(amount) = charge.amount.checked_neg() else {
+                answers.push(Some(DebitAnswer::Invalid(PostingInvalid::AmountSign)));
+                continue;
+            };
+            let posting = Posting {
+                account_id: debit.account_id.clone(),
+                kind: EntryKind::UsageDebit,
+                amount,
+                idempotency_key: debit.idempotency_key.clone(),
+                correlation_id: debit.correlation_id.clone(),
+                rate_version: Some(charge.rate_version),
+                source_ref: Some(debit.fingerprint.clone()),
+                reason: None,
+                overdraft: Overdraft::Forbid,
+                spend_cap,
+                usage: Some(UsageRecord { model: debit.model.clone(), units: debit.usage.clone() }),
+            };
+            if let Err(invalid) = posting.validate() {
+                answers.push(Some(DebitAnswer::Invalid(invalid)));
+                continue;
+            }
+            postings.push(posting);
+            posted_at.push(answers.len());
+            answers.push(None);
+        }
+        let unlocked = match connection {
+            Some(mut connection) if !postings.is_empty() => {
+                post_if_unmoved(&mut connection, &postings, snapshot, at).await?
+            }
+            _ => None,
+        };
+        // The connection went back to the pool above: the locking path takes one of its own, and holding two per
+        // request could exhaust a small pool under contention.
+        let outcomes = match unlocked {
+            Some(outcomes) => outcomes,
+            None => self.post_locked(&postings).await?,
+        };
+        for (index, outcome) in posted_at.into_iter().zip(outcomes) {
+            answers[index] = Some(DebitAnswer::Posted(outcome));
+        }
+        answers
+            .into_iter()
+            .map(|answer| answer.ok_or_else(|| StoreError::Corrupt("a debit went unanswered".to_owned())))
+            .collect()
+    }
+
+    /// Posts through the locking path, creating the account first when it does not exist yet (a first debit of an
+    /// account nobody credited: it exists from then on, with nothing to pay with).
+    async fn post_locked(&self, postings: &[Posting]) -> Result<Vec<PostingOutcome>, StoreError> {
+        let Some(first) = postings.first() else { return Ok(Vec::new()) };
+        let outcomes = self.post_many_locked(postings).await?;
+        if outcomes.iter().any(|outcome| matches!(outcome, PostingOutcome::AccountNotFound)) {
+            self.create_account(&first.account_id).await?;
+            return self.post_many_locked(postings).await;
+        }
+        Ok(outcomes)
+    }
+
+    /// SQLite: what [`READ_FOR_DEBIT`] reads that pricing and replays need, in a few statements (calls into this
+    /// process). The posting itself decides again under the write lock.
+    async fn sqlite_snapshot(&self, account: &AccountId, keys: &[&str]) -> Result<Snapshot, StoreError> {
+        let Self::Sqlite(store) = self else {
+            return Err(StoreError::Corrupt("the SQLite snapshot was asked of another backend".to_owned()));
+        };
+        let activation_rows: i64 = sqlx::query_scalar(COUNT_ACTIVATIONS).fetch_one(&store.pool).await?;
+        let state = self.account(account).await?.map(|row| AccountState {
+            balance: row.balance,
+            status: row.status,
+            last_sequence: row.last_sequence,
+        });
+        let mut existing = HashMap::new();
+        for key in keys {
+            if let Some(entry) = self.entry_by_key(account, key).await? {
+                existing.insert(entry.idempotency_key.clone(), entry);
+            }
+        }
+        Ok(Snapshot {
+            state,
+            limits: (None, None),
+            daily_spend_cap: self.settings(account).await?.daily_spend_cap,
+            spent_today: None,
+            existing,
+            activation_rows,
+        })
+    }
+}
+
+/// PostgreSQL: decides `postings` against `snapshot` and appends the created entries in one statement if the account
+/// has not moved since the snapshot was read. `None` when the locking path must decide instead: the account moved
+/// or does not exist, or a posting crosses a threshold that queues a notice or a reload.
+async fn post_if_unmoved(
+    connection: &mut sqlx::PgConnection,
+    postings: &[Posting],
+    snapshot: Snapshot,
+    at: OffsetDateTime,
+) -> Result<Option<Vec<PostingOutcome>>, StoreError> {
+    let Some(expected_sequence) = snapshot.state.map(|account| account.last_sequence) else { return Ok(None) };
+    let mut spent = HashMap::new();
+    if let Some(total) = snapshot.spent_today {
+        spent.insert(day_start(at), total);
+    }
+    let now = Timestamp::now();
+    let plan = plan_group(postings, snapshot.state, snapshot.existing, spent, snapshot.limits, now.get());
+    if !plan.notices.is_empty() || plan.reload.is_some() {
+        return Ok(None);
+    }
+    if plan.created.is_empty() {
+        // Every posting was refused or replayed: nothing to write.
+        return Ok(Some(plan.outcomes));
+    }
+    let written = write_if_unmoved(connection, &plan.created, expected_sequence, now).await?;
+    Ok(written.then_some(plan.outcomes))
+}
