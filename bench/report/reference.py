@@ -6,8 +6,10 @@ creditflow's `frames` module, and prints one JSON object:
 `{"engine", "threads", "rows", "load_seconds", "compute_seconds", "results": {...}}`.
 
 Loading means reading the CSV into the engine's memory with explicit column types and deriving `day`, the index of
-each entry's UTC day within the 30-day series that ends with `--day` (negative before it). Computing means every
-query of the report on that in-memory data. Peak memory is measured from outside by the runner.
+each entry's UTC day within the 30-day series that ends with `--day` (negative before it). Like creditflow's loader,
+it keeps only the columns some query reads: `rate_version` is not loaded and `created_at_us` is dropped once `day`
+is derived from it. Computing means every query of the report on that in-memory data. Peak memory is measured from
+outside by the runner.
 
 Every number in `results` is an exact integer: pandas sums int64 columns, DuckDB returns its (128-bit) sums as
 Python integers, and both are converted to plain `int` before printing.
@@ -51,6 +53,13 @@ def rows_of(records, width: int) -> list[list]:
     return [[value if isinstance(value, str) else int(value) for value in record[:width]] for record in records]
 
 
+def usage_ids_of(count: int, smallest, largest) -> dict:
+    """The report day's usage debits, from which the nightly job draws its re-pricing sample: how many, and the
+    smallest and largest id (None when there are none), so that engines compare without listing every id."""
+    present = count > 0
+    return {"count": int(count), "smallest": smallest if present else None, "largest": largest if present else None}
+
+
 def prior_week_rows(top: list[list], found: dict[str, tuple[int, int]]) -> list[list]:
     """The prior week's debits and spend of each top spender, in the top spenders' order (zero when none)."""
     return [[account, *found.get(account, (0, 0))] for account, _, _ in top]
@@ -71,9 +80,10 @@ class Pandas:
         import pandas as pd
 
         types = {"id": "str", "account_id": "str", "kind": "str", "amount": "int64", "model": "str",
-                 "rate_version": "str", "created_at_us": "int64"}
-        frame = pd.read_csv(path, engine="pyarrow", dtype=types)
+                 "created_at_us": "int64"}
+        frame = pd.read_csv(path, engine="pyarrow", dtype=types, usecols=list(types))
         frame["day"] = ((frame["created_at_us"] - start_us) // MICROS_PER_DAY).astype("int32")
+        del frame["created_at_us"]
         self.frame = frame
         return len(frame)
 
@@ -102,6 +112,7 @@ class Pandas:
         today = entries[day == REPORT_DAY]
         kinds = today.groupby("kind", sort=True)["amount"].agg(["size", "sum"])
         usage_today = today[today["kind"] == USAGE]
+        usage_ids = usage_today["id"]
         models = (
             pd.DataFrame({"model": usage_today["model"].fillna("unknown"), "credits": -usage_today["amount"]})
             .groupby("model")["credits"].agg(debits="size", credits="sum")
@@ -132,6 +143,7 @@ class Pandas:
             "opening_liability": opening,
             "kind_totals": rows_of(kinds.reset_index().itertuples(index=False), 3),
             "usage_by_model": rows_of(models.itertuples(index=False), 3),
+            "usage_ids": usage_ids_of(len(usage_ids), usage_ids.min(), usage_ids.max()),
             "top_spenders": top,
             "top_spenders_prior_week": prior_week_rows(top, found),
             "balances": {
@@ -157,7 +169,8 @@ class DuckDb:
         self.connection.execute(
             f"""
             CREATE TABLE entries AS
-            SELECT *, CAST(({since} - {remainder}) // {MICROS_PER_DAY} AS INTEGER) AS day
+            SELECT id, account_id, kind, amount, model,
+                   CAST(({since} - {remainder}) // {MICROS_PER_DAY} AS INTEGER) AS day
             FROM read_csv(?, header = true, columns = {{
                 'id': 'VARCHAR', 'account_id': 'VARCHAR', 'kind': 'VARCHAR', 'amount': 'BIGINT',
                 'model': 'VARCHAR', 'rate_version': 'VARCHAR', 'created_at_us': 'BIGINT'}})
@@ -182,6 +195,8 @@ class DuckDb:
             SELECT coalesce(model, 'unknown') AS model, count(*), -sum(amount) AS credits
             FROM entries WHERE day = {REPORT_DAY} AND kind = '{USAGE}'
             GROUP BY 1 ORDER BY credits DESC, model""")
+        usage_count, first_id, last_id = self.query(f"""
+            SELECT count(*), min(id), max(id) FROM entries WHERE day = {REPORT_DAY} AND kind = '{USAGE}'""")[0]
         top = rows_of(self.query(f"""
             SELECT account_id, count(*), -sum(amount) AS spent
             FROM entries WHERE day = {REPORT_DAY} AND kind = '{USAGE}'
@@ -205,6 +220,7 @@ class DuckDb:
             "opening_liability": int(opening),
             "kind_totals": rows_of(kinds, 3),
             "usage_by_model": rows_of(models, 3),
+            "usage_ids": usage_ids_of(usage_count, first_id, last_id),
             "top_spenders": top,
             "top_spenders_prior_week": prior_week_rows(top, found),
             "balances": {"accounts": int(accounts), "total": int(balance_total), "largest": rows_of(largest, 2)},

@@ -1,11 +1,20 @@
 //! The report's computations over data frames, with polars: the day's totals by kind, totals per day for the
-//! 30-day series, the usage mix per model, the top spenders, and purchases matched against Stripe's charges.
+//! 30-day series, the usage mix per model, the top spenders, the day's usage debits for the re-pricing sample, and
+//! purchases matched against Stripe's charges.
 //!
-//! Each takes the ledger's entries as a lazy frame with the columns [`entries_frame`] makes, so the same code runs
-//! on the entries the store streams for a night's report and on a large extract read from a file (`bench/`).
-//! Amounts stay integer millicredits; only shares and ratios, which are not money, are floating point.
+//! Each takes the ledger's entries as the frame [`entries_frame`] makes, so the same code runs on the entries the
+//! store streams for a night's report and on a large extract read from a file (`bench/`). Two choices of that frame
+//! keep the computations cheap on millions of entries (measured in `bench/README.md`):
+//! - accounts, kinds and models are categorical: a group-by or a comparison works on 32-bit codes rather than
+//!   strings, and a row holds 4 bytes per column rather than a string;
+//! - rows are in day order with `day` marked sorted, so a day or a range of days is a slice found by binary search
+//!   ([`days`]) rather than a filter over every row.
+//!
+//! The group-bys run on polars' streaming engine ([`collect`]). Amounts stay integer millicredits; only shares and
+//! ratios, which are not money, are floating point.
 
 use polars::prelude::*;
+use polars::series::IsSorted;
 
 /// Entry kinds, as stored.
 pub const PURCHASE_CREDIT: &str = "purchase_credit";
@@ -14,9 +23,27 @@ pub const AUTORELOAD_CREDIT: &str = "autoreload_credit";
 /// Usage debits.
 pub const USAGE_DEBIT: &str = "usage_debit";
 
-/// Builds the entries frame: `id`, `account_id`, `kind`, `amount` (i64 millicredits), `model`, `rate_version`,
-/// `created_at_us` and `day`, the index in `day_starts` (Unix microseconds, ascending) of the day each entry falls
-/// in (-1 before the first).
+/// The type of the entries' text columns with few distinct values (accounts, kinds, models): categorical, with
+/// polars' global categories so that frames built apart (blocks of a file) can be stacked.
+pub fn categorical() -> DataType {
+    DataType::from_categories(Categories::global())
+}
+
+/// The columns of the entries frame before `day`, with their types: `id` (text), `account_id`, `kind`
+/// (categorical), `amount` (i64 millicredits) and `model` (categorical, null when none was recorded). The rate card
+/// version and the timestamp are not kept: no computation reads them.
+pub fn entry_schema() -> Schema {
+    Schema::from_iter([
+        Field::new("id".into(), DataType::String),
+        Field::new("account_id".into(), categorical()),
+        Field::new("kind".into(), categorical()),
+        Field::new("amount".into(), DataType::Int64),
+        Field::new("model".into(), categorical()),
+    ])
+}
+
+/// Builds the entries frame: the columns of [`entry_schema`] and `day`, the index in `day_starts` (Unix
+/// microseconds, ascending) of the day each entry falls in (-1 before the first); in day order ([`in_day_order`]).
 pub fn entries_frame(entries: creditflow_store::EntryColumns, day_starts: &[i64]) -> PolarsResult<DataFrame> {
     let days: Vec<i32> = entries
         .created_at_us
@@ -27,80 +54,139 @@ pub fn entries_frame(entries: creditflow_store::EntryColumns, day_starts: &[i64]
         })
         .collect();
     let height = entries.ids.len();
-    DataFrame::new(
+    let frame = DataFrame::new(
         height,
         vec![
             Column::new("id".into(), entries.ids),
-            Column::new("account_id".into(), entries.accounts),
-            Column::new("kind".into(), entries.kinds),
+            Column::new("account_id".into(), entries.accounts).cast(&categorical())?,
+            Column::new("kind".into(), entries.kinds).cast(&categorical())?,
             Column::new("amount".into(), entries.amounts),
-            Column::new("model".into(), entries.models),
-            Column::new("rate_version".into(), entries.rate_versions),
-            Column::new("created_at_us".into(), entries.created_at_us),
+            Column::new("model".into(), entries.models).cast(&categorical())?,
             Column::new("day".into(), days),
         ],
-    )
+    )?;
+    in_day_order(frame)
+}
+
+/// `frame` with its rows in day order and `day` marked sorted, which [`days`] relies on to slice instead of filter.
+/// Rows already in order (entries read in time order) are kept as they are; otherwise they are sorted, keeping the
+/// order of entries within a day. Every entry must have a day.
+pub fn in_day_order(mut frame: DataFrame) -> PolarsResult<DataFrame> {
+    let day = frame.column("day")?.i32()?.rechunk().into_owned();
+    polars_ensure!(day.null_count() == 0, ComputeError: "every entry needs a day");
+    let mut day = if day.cont_slice()?.is_sorted() {
+        day
+    } else {
+        frame = frame.sort(["day"], SortMultipleOptions::default().with_maintain_order(true))?;
+        frame.column("day")?.i32()?.rechunk().into_owned()
+    };
+    day.set_sorted_flag(IsSorted::Ascending);
+    frame.with_column(day.into_column())?;
+    Ok(frame)
+}
+
+/// The entries of days `first..=last`: a slice of `entries` (no copy) when it is in day order ([`in_day_order`]),
+/// a filter otherwise.
+pub fn days(entries: &DataFrame, first: i32, last: i32) -> PolarsResult<DataFrame> {
+    let day = entries.column("day")?;
+    if day.is_sorted_flag() == IsSorted::Ascending
+        && let Ok(values) = day.i32()?.cont_slice()
+    {
+        let from = values.partition_point(|day| *day < first);
+        let to = values.partition_point(|day| *day <= last).max(from);
+        let offset = i64::try_from(from).map_err(|_| polars_err!(ComputeError: "too many entries"))?;
+        return Ok(entries.slice(offset, to - from));
+    }
+    entries.clone().lazy().filter(col("day").gt_eq(lit(first)).and(col("day").lt_eq(lit(last)))).collect()
+}
+
+/// Runs `query` on polars' streaming engine, as the report's computations do: it aggregates into hash tables as
+/// rows stream by, where the in-memory engine first gathers the row indices of every group (2 to 3 times slower on
+/// the report's group-bys over millions of entries).
+pub fn collect(query: LazyFrame) -> PolarsResult<DataFrame> {
+    // One query (not `collect_all`) always gives one frame.
+    Ok(query.collect_with_engine(Engine::Streaming)?.unwrap_single())
 }
 
 fn is_kind(kind: &str) -> Expr {
     col("kind").eq(lit(kind))
 }
 
-fn positive_part(expr: Expr) -> Expr {
-    when(expr.clone().gt(lit(0i64))).then(expr).otherwise(lit(0i64))
+/// Descending by `value`, then ascending by the text column `key`.
+fn ranked(query: LazyFrame, value: &str, key: &str) -> LazyFrame {
+    query.sort([value, key], SortMultipleOptions::default().with_order_descending_multi([true, false]))
 }
 
-/// Totals per day: `day`, `entries` (u32 count), `purchased`, `granted`, `debited` (positive), `net`; one row per
-/// day that has entries, by day.
-pub fn day_totals(entries: LazyFrame) -> PolarsResult<DataFrame> {
+/// Totals per day of days `first..=last`: `day`, `entries` (u32 count), `purchased`, `granted`, `debited`
+/// (positive), `net`; one row per day that has entries, by day.
+pub fn day_totals(entries: &DataFrame, first: i32, last: i32) -> PolarsResult<DataFrame> {
     let bought = is_kind(PURCHASE_CREDIT).or(is_kind(AUTORELOAD_CREDIT));
-    entries
+    let amount = col("amount");
+    let totals = days(entries, first, last)?
+        .lazy()
         .group_by([col("day")])
         .agg([
             len().alias("entries"),
-            when(bought).then(col("amount")).otherwise(lit(0i64)).sum().alias("purchased"),
-            positive_part(col("amount")).sum().alias("granted"),
-            positive_part(lit(0i64) - col("amount")).sum().alias("debited"),
-            col("amount").sum().alias("net"),
+            when(bought).then(amount.clone()).otherwise(lit(0i64)).sum().alias("purchased"),
+            when(amount.clone().gt(lit(0i64))).then(amount.clone()).otherwise(lit(0i64)).sum().alias("granted"),
+            amount.sum().alias("net"),
         ])
-        .sort(["day"], SortMultipleOptions::default())
-        .collect()
+        // What was debited is what was granted less the net: one conditional sum over every row fewer.
+        .select([
+            col("day"),
+            col("entries"),
+            col("purchased"),
+            col("granted"),
+            (col("granted") - col("net")).alias("debited"),
+            col("net"),
+        ])
+        .sort(["day"], SortMultipleOptions::default());
+    collect(totals)
 }
 
 /// The entries of day `day` per kind: `kind`, `entries`, `amount` (signed sum), by kind.
-pub fn kind_totals(entries: LazyFrame, day: i32) -> PolarsResult<DataFrame> {
-    entries
-        .filter(col("day").eq(lit(day)))
+pub fn kind_totals(entries: &DataFrame, day: i32) -> PolarsResult<DataFrame> {
+    let kinds = days(entries, day, day)?
+        .lazy()
         .group_by([col("kind")])
         .agg([len().alias("entries"), col("amount").sum().alias("amount")])
-        .sort(["kind"], SortMultipleOptions::default())
-        .collect()
+        .with_column(col("kind").cast(DataType::String))
+        .sort(["kind"], SortMultipleOptions::default());
+    collect(kinds)
 }
 
 /// Usage of day `day` per model: `model` (`unknown` when none was recorded), `debits`, `credits` (positive
 /// millicredits); most credits first, then by model.
-pub fn usage_by_model(entries: LazyFrame, day: i32) -> PolarsResult<DataFrame> {
-    entries
-        .filter(col("day").eq(lit(day)).and(is_kind(USAGE_DEBIT)))
+pub fn usage_by_model(entries: &DataFrame, day: i32) -> PolarsResult<DataFrame> {
+    let models = days(entries, day, day)?
+        .lazy()
+        .filter(is_kind(USAGE_DEBIT))
         .with_column(col("model").fill_null(lit("unknown")))
         .group_by([col("model")])
         .agg([len().alias("debits"), (lit(0i64) - col("amount")).sum().alias("credits")])
-        .sort(["credits", "model"], SortMultipleOptions::default().with_order_descending_multi([true, false]))
-        .collect()
+        .with_column(col("model").cast(DataType::String));
+    collect(ranked(models, "credits", "model"))
 }
 
 /// Usage per account over the days `first..=last`: `account_id`, `debits`, `spent` (positive millicredits); most
 /// spent first, then by account, `limit` rows at most.
-pub fn spend_by_account(entries: LazyFrame, first: i32, last: i32, limit: Option<u32>) -> PolarsResult<DataFrame> {
-    let ranked = entries
-        .filter(col("day").gt_eq(lit(first)).and(col("day").lt_eq(lit(last))).and(is_kind(USAGE_DEBIT)))
+pub fn spend_by_account(entries: &DataFrame, first: i32, last: i32, limit: Option<u32>) -> PolarsResult<DataFrame> {
+    let spend = days(entries, first, last)?
+        .lazy()
+        .filter(is_kind(USAGE_DEBIT))
         .group_by([col("account_id")])
         .agg([len().alias("debits"), (lit(0i64) - col("amount")).sum().alias("spent")])
-        .sort(["spent", "account_id"], SortMultipleOptions::default().with_order_descending_multi([true, false]));
-    match limit {
-        Some(limit) => ranked.limit(limit).collect(),
-        None => ranked.collect(),
-    }
+        .with_column(col("account_id").cast(DataType::String));
+    let spend = ranked(spend, "spent", "account_id");
+    collect(match limit {
+        Some(limit) => spend.limit(limit),
+        None => spend,
+    })
+}
+
+/// The ids of day `day`'s usage debits (`id`), from which the re-pricing sample is drawn; in no particular order.
+pub fn usage_ids(entries: &DataFrame, day: i32) -> PolarsResult<DataFrame> {
+    collect(days(entries, day, day)?.lazy().filter(is_kind(USAGE_DEBIT)).select([col("id")]))
 }
 
 /// The signed sum of `amount` (0 for no rows).
@@ -144,9 +230,10 @@ pub fn ints(frame: &DataFrame, name: &str) -> PolarsResult<Vec<Option<i64>>> {
     Ok(column.i64()?.iter().collect())
 }
 
-/// Column `name` of `frame` as text (nulls as `None`).
+/// Column `name` of `frame` as text (nulls as `None`; a categorical column gives its categories' text).
 pub fn strings(frame: &DataFrame, name: &str) -> PolarsResult<Vec<Option<String>>> {
-    Ok(frame.column(name)?.str()?.iter().map(|value| value.map(str::to_owned)).collect())
+    let column = frame.column(name)?.cast(&DataType::String)?;
+    Ok(column.str()?.iter().map(|value| value.map(str::to_owned)).collect())
 }
 
 /// Writes `frame` as CSV with a header row.
@@ -161,8 +248,11 @@ mod tests {
     use super::*;
     use creditflow_store::EntryColumns;
 
-    fn entries() -> DataFrame {
-        let columns = EntryColumns {
+    /// Days start at 0, 100 and 200.
+    const DAY_STARTS: [i64; 3] = [0, 100, 200];
+
+    fn columns() -> EntryColumns {
+        EntryColumns {
             ids: (1..=7).map(|n| format!("e{n}")).collect(),
             accounts: ["a", "a", "b", "b", "c", "a", "c"].map(String::from).to_vec(),
             kinds: [
@@ -179,10 +269,26 @@ mod tests {
             amounts: vec![5_000_000, -1_500, 7_000_000, -2_000, -300, -700, -1_000_000],
             models: vec![None, Some("m1".into()), None, Some("m2".into()), None, None, None],
             rate_versions: vec![None, Some("v1".into()), None, Some("v1".into()), None, Some("v1".into()), None],
-            // Days start at 0, 100 and 200; the first entry is before them.
+            // The first entry is before the first day.
             created_at_us: vec![-5, 10, 20, 110, 120, 130, 250],
-        };
-        entries_frame(columns, &[0, 100, 200]).expect("frame")
+        }
+    }
+
+    fn entries() -> DataFrame {
+        entries_frame(columns(), &DAY_STARTS).expect("frame")
+    }
+
+    /// The same entries, last first, as the store may return them.
+    fn entries_reversed() -> DataFrame {
+        let mut columns = columns();
+        columns.ids.reverse();
+        columns.accounts.reverse();
+        columns.kinds.reverse();
+        columns.amounts.reverse();
+        columns.models.reverse();
+        columns.rate_versions.reverse();
+        columns.created_at_us.reverse();
+        entries_frame(columns, &DAY_STARTS).expect("frame")
     }
 
     fn i64s(frame: &DataFrame, name: &str) -> Vec<i64> {
@@ -195,23 +301,73 @@ mod tests {
 
     #[test]
     fn totals_per_day_split_grants_from_debits() {
-        let days = day_totals(entries().lazy()).expect("totals");
+        let days = day_totals(&entries(), i32::MIN, i32::MAX).expect("totals");
         assert_eq!(i64s(&days, "day"), [-1, 0, 1, 2]);
         assert_eq!(i64s(&days, "entries"), [1, 2, 3, 1]);
         assert_eq!(i64s(&days, "purchased"), [5_000_000, 7_000_000, 0, 0]);
         assert_eq!(i64s(&days, "granted"), [5_000_000, 7_000_000, 0, 0]);
         assert_eq!(i64s(&days, "debited"), [0, 1_500, 3_000, 1_000_000]);
         assert_eq!(i64s(&days, "net"), [5_000_000, 6_998_500, -3_000, -1_000_000]);
+        let series = day_totals(&entries(), 0, 1).expect("totals");
+        assert_eq!(i64s(&series, "day"), [0, 1]);
     }
 
     #[test]
     fn usage_and_spenders_are_ranked() {
-        let models = usage_by_model(entries().lazy(), 1).expect("models");
+        let models = usage_by_model(&entries(), 1).expect("models");
         assert_eq!(texts(&models, "model"), ["m2", "unknown"]);
         assert_eq!(i64s(&models, "credits"), [2_000, 700]);
-        let spenders = spend_by_account(entries().lazy(), 0, 1, Some(1)).expect("spenders");
+        let spenders = spend_by_account(&entries(), 0, 1, Some(1)).expect("spenders");
+        assert_eq!(texts(&spenders, "account_id"), ["a"]);
         assert_eq!(i64s(&spenders, "spent"), [2_200]);
-        assert_eq!(total(entries().lazy().filter(col("day").lt(lit(0)))).expect("total"), 5_000_000);
+        let kinds = kind_totals(&entries(), 1).expect("kinds");
+        assert_eq!(texts(&kinds, "kind"), ["adjustment", USAGE_DEBIT]);
+        assert_eq!(i64s(&kinds, "amount"), [-300, -2_700]);
+        let mut ids = texts(&usage_ids(&entries(), 1).expect("ids"), "id");
+        ids.sort();
+        assert_eq!(ids, ["e4", "e6"]);
+        assert_eq!(total(days(&entries(), i32::MIN, -1).expect("days").lazy()).expect("total"), 5_000_000);
+    }
+
+    #[test]
+    fn entries_are_kept_in_day_order_whatever_order_they_come_in() {
+        let reversed = entries_reversed();
+        assert_eq!(i64s(&reversed, "day"), [-1, 0, 0, 1, 1, 1, 2]);
+        // Entries of one day keep the order they came in.
+        assert_eq!(texts(&reversed, "id"), ["e1", "e3", "e2", "e6", "e5", "e4", "e7"]);
+        assert_eq!(texts(&days(&reversed, 0, 0).expect("day 0"), "id"), ["e3", "e2"]);
+        assert_eq!(days(&reversed, 3, 9).expect("no day").height(), 0);
+        for (ordered, shuffled) in [
+            (day_totals(&entries(), 0, 2), day_totals(&reversed, 0, 2)),
+            (kind_totals(&entries(), 1), kind_totals(&reversed, 1)),
+            (usage_by_model(&entries(), 1), usage_by_model(&reversed, 1)),
+            (spend_by_account(&entries(), 0, 2, None), spend_by_account(&reversed, 0, 2, None)),
+        ] {
+            assert!(ordered.expect("ordered").equals(&shuffled.expect("shuffled")));
+        }
+    }
+
+    #[test]
+    fn a_night_without_entries_gives_empty_results() {
+        let empty = entries_frame(EntryColumns::default(), &DAY_STARTS).expect("frame");
+        assert_eq!(day_totals(&empty, 0, 2).expect("totals").height(), 0);
+        assert_eq!(kind_totals(&empty, 1).expect("kinds").height(), 0);
+        assert_eq!(usage_by_model(&empty, 1).expect("models").height(), 0);
+        assert_eq!(spend_by_account(&empty, 0, 2, Some(10)).expect("spenders").height(), 0);
+        assert_eq!(usage_ids(&empty, 1).expect("ids").height(), 0);
+        assert_eq!(total(days(&empty, 1, 1).expect("day").lazy()).expect("total"), 0);
+    }
+
+    #[test]
+    fn days_filters_a_frame_not_known_to_be_in_day_order() {
+        let mut frame = entries();
+        let mut day = frame.column("day").expect("day").clone();
+        day.set_sorted_flag(IsSorted::Not);
+        frame.with_column(day).expect("day");
+        let filtered = days(&frame, 1, 2).expect("days");
+        // `equals_missing`: the two frames have the same null models.
+        assert!(filtered.equals_missing(&days(&entries(), 1, 2).expect("days")));
+        assert_eq!(texts(&filtered, "id"), ["e4", "e5", "e6", "e7"]);
     }
 
     #[test]

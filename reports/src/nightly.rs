@@ -776,18 +776,12 @@ struct Computed {
 }
 
 fn computations(entries: &DataFrame, today: i32) -> PolarsResult<Computed> {
-    let usage_ids = entries
-        .clone()
-        .lazy()
-        .filter(col("day").eq(lit(today)).and(col("kind").eq(lit(frames::USAGE_DEBIT))))
-        .select([col("id")])
-        .collect()?;
     Ok(Computed {
-        totals: frames::day_totals(entries.clone().lazy())?,
-        kinds: frames::kind_totals(entries.clone().lazy(), today)?,
-        models: frames::usage_by_model(entries.clone().lazy(), today)?,
-        spenders: frames::spend_by_account(entries.clone().lazy(), today, today, Some(TOP_SPENDERS))?,
-        usage_ids,
+        totals: frames::day_totals(entries, 0, today)?,
+        kinds: frames::kind_totals(entries, today)?,
+        models: frames::usage_by_model(entries, today)?,
+        spenders: frames::spend_by_account(entries, today, today, Some(TOP_SPENDERS))?,
+        usage_ids: frames::usage_ids(entries, today)?,
         adjustments_in: entries_sum(entries, today, "adjustment", true)?,
         adjustments_out: entries_sum(entries, today, "adjustment", false)?,
     })
@@ -809,7 +803,7 @@ async fn off_runtime<T: Send + 'static>(
 /// The positive (or negative) amounts of `kind` on day `day`.
 fn entries_sum(entries: &DataFrame, day: i32, kind: &str, positive: bool) -> PolarsResult<i64> {
     let sign = if positive { col("amount").gt(lit(0i64)) } else { col("amount").lt(lit(0i64)) };
-    let filtered = entries.clone().lazy().filter(col("day").eq(lit(day)).and(col("kind").eq(lit(kind))).and(sign));
+    let filtered = frames::days(entries, day, day)?.lazy().filter(col("kind").eq(lit(kind)).and(sign));
     frames::total(filtered)
 }
 
