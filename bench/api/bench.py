@@ -279,6 +279,10 @@ def case_webhook(args, state):
                 "VALUES ('payment_intent.succeeded', repeat('x', 900), now());\n")
     server = state["api"]
     ours, theirs = [], []
+    if args.webhook_worker == "stopped":
+        # The intake path alone (verify, store, outbox, 2xx), as the INSERT runs alone: the worker is stopped, as if
+        # it ran on other machines, and the payments wait in the outbox until a new one starts after the rounds.
+        state["worker"].stop()
     for r in range(args.repeat):
         theirs.append(pgbench(args, db, ["-f", script], args.clients, args.webhook_duration, state["logdir"]))
         log(f"single-row INSERT round {r + 1}: {theirs[-1]['per_s']:.0f}/s p99 {theirs[-1]['p99_ms']:.2f} ms")
@@ -288,7 +292,9 @@ def case_webhook(args, state):
                           str(args.webhook_duration), "--warmup", "1", "--run-id", f"in{r}x{time.time_ns()}x")
         ours.append(with_usage(out, m, "ok_per_s"))
         log(f"webhook intake round {r + 1}: {out['ok_per_s']:.0f}/s p99 {out['p99_ms']:.2f} ms {out['statuses']}")
-    # The payments taken in are credited by the worker meanwhile; the latency below is measured on an idle pipeline.
+    if args.webhook_worker == "stopped":
+        state["worker"] = Creditflow(args, "worker", state["database_url"], state["workdir"], state["queue"])
+    # The payments taken in are credited now (or were meanwhile); the latency below is measured on an idle pipeline.
     started = time.time()
     drained = wait_credited(args, state, "evt_in")
     log(f"the intake rounds' {drained} payments credited {time.time() - started:.0f} s after the last round")
@@ -467,7 +473,7 @@ def run(args, cases):
              "CREDITFLOW_REDIS_URL": args.redis_url}
     api = Creditflow(args, "api", database_url, workdir, queue)
     worker = None
-    state = {"workdir": workdir, "logdir": logdir, "db": db, "api": api}
+    state = {"workdir": workdir, "logdir": logdir, "db": db, "api": api, "database_url": database_url, "queue": queue}
     results = {}
     try:
         worker = Creditflow(args, "worker", database_url, workdir, queue)
@@ -496,8 +502,8 @@ def run(args, cases):
             raise SystemExit("after the benchmark the balances do not equal the sum of the entries")
         log("balances equal the sum of the entries")
     finally:
-        for process in (worker, api):
-            if process is not None:
+        for process in (state.get("worker"), api):
+            if process is not None and process.process.poll() is None:
                 process.stop()
         subprocess.run(["sh", "-c", f"redis-cli -u {args.redis_url} --scan --pattern '{namespace}:*' | "
                                     f"xargs -r redis-cli -u {args.redis_url} del"], capture_output=True, check=False)
@@ -524,6 +530,9 @@ def main():
     parser.add_argument("--pool", type=int, default=16)
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--webhook-rate", type=float, default=100.0)
+    parser.add_argument("--webhook-worker", choices=["stopped", "running"], default="stopped",
+                        help="during the intake rounds, the worker is stopped (the intake path alone, the default) or "
+                             "running (crediting the rounds' payments meanwhile, on the same two cores)")
     parser.add_argument("--webhook-duration", type=float, default=5.0,
                         help="seconds measured per intake round (every event becomes a payment the worker credits)")
     parser.add_argument("--pg-url", default=os.environ.get("CREDITFLOW_BENCH_POSTGRES_URL",

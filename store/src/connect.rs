@@ -48,7 +48,11 @@ impl Store {
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await?;
-            Ok(Self::Sqlite(SqliteStore { pool, write_gate: Arc::default(), cards: crate::activations::CardCache::default() }))
+            Ok(Self::Sqlite(SqliteStore {
+                pool,
+                write_gate: Arc::default(),
+                cards: crate::activations::CardCache::default(),
+            }))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?.application_name("creditflow");
             PgConnection::connect_with(&options).await?.close().await?;
@@ -70,7 +74,8 @@ impl Store {
                 })
                 .connect_with(options)
                 .await?;
-            Ok(Self::Postgres(PostgresStore { pool, cards: crate::activations::CardCache::default() }))
+            let stash = crate::stash::Stash::new(max_connections);
+            Ok(Self::Postgres(PostgresStore { pool, stash, cards: crate::activations::CardCache::default() }))
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
         }
@@ -111,6 +116,9 @@ impl Store {
 
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
+        if let Self::Postgres(store) = self {
+            store.stash.drain();
+        }
         on_backend!(self, |pool, _dialect| pool.close().await);
     }
 }

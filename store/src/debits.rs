@@ -140,7 +140,10 @@ impl Store {
         let account_id = first.account_id.as_str();
         let keys: Vec<&str> = debits.iter().map(|debit| debit.idempotency_key.as_str()).collect();
         let mut connection = match self {
-            Self::Postgres(store) => Some(store.pool.acquire().await?),
+            Self::Postgres(store) => Some(match store.stash.take() {
+                Some(connection) => connection,
+                None => store.pool.acquire().await?,
+            }),
             Self::Sqlite(_) => None,
         };
         let snapshot = match connection.as_mut() {
@@ -204,10 +207,19 @@ impl Store {
             answers.push(None);
         }
         let unlocked = match connection {
-            Some(mut connection) if !postings.is_empty() => {
-                post_if_unmoved(&mut connection, &postings, snapshot, at).await?
+            Some(mut connection) => {
+                let outcomes = if postings.is_empty() {
+                    None
+                } else {
+                    post_if_unmoved(&mut connection, &postings, snapshot, at).await?
+                };
+                // Every statement on it succeeded: kept for the next debit (an error above dropped it instead).
+                if let Self::Postgres(store) = self {
+                    store.stash.put(connection);
+                }
+                outcomes
             }
-            _ => None,
+            None => None,
         };
         // The connection went back to the pool above: the locking path takes one of its own, and holding two per
         // request could exhaust a small pool under contention.

@@ -25,6 +25,7 @@ mod rate_cards;
 mod reports;
 mod rows;
 mod settings;
+mod stash;
 mod timestamp;
 
 use sqlx::{Pool, Postgres, Sqlite};
@@ -94,6 +95,8 @@ pub struct SqliteStore {
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: Pool<Postgres>,
+    /// Connections the debit path keeps checked out between reconciles (see `stash.rs`).
+    stash: std::sync::Arc<stash::Stash>,
     /// Rate card activations and parsed versions, copied once per process.
     cards: activations::CardCache,
 }

@@ -2,7 +2,7 @@
 //! Redis, where API processes share one budget); other subjects are unaffected; CORS only for allowed origins;
 //! security headers everywhere.
 
-use creditflow_api::RateLimiter;
+use creditflow_api::{RateLimiter, Verdict};
 use creditflow_testkit::{TestBackend, redis_url};
 
 use crate::helpers::{Auth, TestApp, TestKey};
@@ -54,6 +54,48 @@ async fn the_redis_limiter_stops_the_101st_request_across_processes() {
     assert_eq!(burst(&first, &shared, 60).await, [200; 60]);
     assert_eq!(burst(&second, &shared, 40).await, [200; 40]);
     assert_eq!(burst(&second, &shared, 1).await, [429], "the 101st, on the other process");
+}
+
+/// The theoretical arrival time Redis holds for `subject`, in microseconds (0 when it holds none).
+async fn redis_arrival(subject: &str) -> u64 {
+    let client = redis::Client::open(redis_url()).expect("url");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("redis");
+    let value: Option<u64> = redis::cmd("GET")
+        .arg(format!("creditflow:ratelimit:{subject}"))
+        .query_async(&mut connection)
+        .await
+        .expect("get");
+    value.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_high_limit_takes_the_budget_from_redis_in_slices_that_never_overspend_it() {
+    // 30,000 a minute: one request every 2 ms, slices of 300 (1% of the limit), a burst of up to the whole minute.
+    let limiter = || async { RateLimiter::redis(&redis_url(), 30_000).await.expect("redis") };
+    let (first, second) = (limiter().await, limiter().await);
+    let subject = format!("sliced-{}", uuid::Uuid::new_v4().simple());
+    let started = std::time::Instant::now();
+    assert_eq!(first.check(&subject).await, Verdict::Allowed);
+    let charged = redis_arrival(&subject).await;
+    for n in 1..300 {
+        assert_eq!(first.check(&subject).await, Verdict::Allowed, "request {n} of the slice");
+    }
+    assert_eq!(redis_arrival(&subject).await, charged, "the slice's 300 requests cost one call to Redis");
+    assert_eq!(first.check(&subject).await, Verdict::Allowed);
+    assert!(redis_arrival(&subject).await > charged, "the 301st takes a new slice");
+    // Two processes spending one budget: together never more than the minute's 30,000 (301 of them used above) plus
+    // what the budget earned back meanwhile (one every 2 ms), and each leaves at most one slice unspent.
+    let mut allowed: u128 = 301;
+    loop {
+        let (a, b) = (first.check(&subject).await, second.check(&subject).await);
+        allowed += u128::from(a == Verdict::Allowed) + u128::from(b == Verdict::Allowed);
+        let earned = started.elapsed().as_millis() / 2 + 1;
+        assert!(allowed <= 30_000 + earned, "the shared budget was overspent: {allowed} ({earned} earned back)");
+        if a != Verdict::Allowed && b != Verdict::Allowed {
+            break;
+        }
+    }
+    assert!(allowed >= 30_000 - 2 * 300, "at most a slice per process unspent: {allowed}");
 }
 
 #[tokio::test]
