@@ -10,6 +10,7 @@
 //! every worker process.
 
 mod handlers;
+mod poll;
 mod relay;
 mod scheduler;
 
@@ -38,6 +39,7 @@ use creditflow_store::{
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 pub use creditflow_jobs::webhooks::WEBHOOKS_QUEUE;
+pub use poll::IdlePoll;
 pub use relay::relay_once;
 pub use scheduler::{schedule_hours, schedule_once, schedule_report};
 
@@ -323,21 +325,21 @@ pub fn retry_backoff(settings: &WorkerSettings) -> Result<ExponentialBackoffMake
 
 /// A worker as [`run`] builds one for each queue, up to its handler's data and the handler: named `name` plus a
 /// fresh unique suffix (apalis refuses a name it saw within the heartbeat window, so a restarted worker needs a new
-/// one), polling `storage` again every 200 ms when it finds nothing, running at most `concurrency` jobs at once and
-/// retrying a failed job up to `retries` times in process with `backoff`. Public so that a benchmark runs a job of its
-/// own through the same worker as production's.
+/// one), polling `storage` again every 100 ms when it finds nothing (see [`IdlePoll`]), running at most `concurrency`
+/// jobs at once and retrying a failed job up to `retries` times in process with `backoff`. Public so that a benchmark
+/// runs a job of its own through the same worker as production's.
 pub fn worker_builder<S>(
     name: &str,
     storage: S,
     concurrency: usize,
     retries: usize,
     backoff: &ExponentialBackoffMaker,
-) -> WorkerBuilder<S::Args, PollWith<S, IntervalStrategy>, WorkerLayers>
+) -> WorkerBuilder<S::Args, PollWith<S, IdlePoll>, WorkerLayers>
 where
     S: Backend + BackendConfig,
 {
     WorkerBuilder::new(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
-        .backend(storage.poll_with_interval(POLL_INTERVAL))
+        .backend(storage.poll_with_strategy(IdlePoll::every(POLL_INTERVAL)))
         .concurrency(concurrency)
         .retry(RetryPolicy::retries(retries).with_backoff(backoff.clone().make_backoff()))
 }
