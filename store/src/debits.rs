@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use crate::activations::COUNT_ACTIVATIONS;
 use crate::posting::{LockedAccount, plan_group, write_if_unmoved};
 use crate::rows::EntryRow;
+use crate::rows::entries_by_key;
 use crate::{Store, StoreError, Timestamp};
 
 /// A usage record to price and debit.
@@ -77,7 +78,8 @@ struct Snapshot {
 
 /// PostgreSQL: the account `$1` (or a row of nulls when it does not exist) with its settings, the usage debited
 /// since `$3` when it has a daily cap, the number of rate card activations, and its entries whose key is in `$2`
-/// (one row per entry found, else one row with null entry columns).
+/// (one row per entry found, else one row with null entry columns; see [`entries_by_key!`] for why the keys are
+/// looked up one by one).
 const READ_FOR_DEBIT: &str = concat!(
     "SELECT a.balance_millicredits, a.status, a.last_sequence, \
      s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits, \
@@ -91,7 +93,9 @@ const READ_FOR_DEBIT: &str = concat!(
      FROM (SELECT 1 AS one) AS always \
      LEFT JOIN accounts a ON a.id = $1 \
      LEFT JOIN account_settings s ON s.account_id = a.id \
-     LEFT JOIN ledger_entries e ON e.account_id = a.id AND e.idempotency_key = ANY ($2)"
+     LEFT JOIN LATERAL (",
+    entries_by_key!("a.id", "$2"),
+    ") AS e ON true"
 );
 
 impl Snapshot {
@@ -302,4 +306,80 @@ async fn post_if_unmoved(
     }
     let written = write_if_unmoved(connection, &plan.created, expected_sequence, now).await?;
     Ok(written.then_some(plan.outcomes))
+}
+
+#[cfg(test)]
+mod tests {
+    use creditflow_testkit::{TestBackend, TestDatabase};
+    use sqlx::Connection as _;
+
+    use super::READ_FOR_DEBIT;
+    use crate::Store;
+    use crate::posting::READ_FOR_POSTING;
+
+    /// Buffers the top node of `plan` (EXPLAIN's text lines) touched: shared hits plus reads.
+    fn buffers(plan: &[String]) -> u64 {
+        let line = plan.iter().find(|line| line.contains("Buffers:")).expect("EXPLAIN (BUFFERS) reports buffers");
+        let count = |what: &str| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(what))
+                .map_or(0, |n| n.parse::<u64>().expect("a count"))
+        };
+        count("hit=") + count("read=")
+    }
+
+    /// The reads before a posting look an account's keys up one by one, whatever plan PostgreSQL cached: the generic
+    /// plan is made while the table holds 1,000 accounts of one entry each and is not analysed (so the statistics
+    /// give an account a handful of entries), then one account grows to 20,000 entries. Looking 8 of its keys up
+    /// must touch a few dozen buffers (about 30), not the pages of all the account's entries: with the keys in a
+    /// plain `= ANY ($2)`, the cached plan read every one of them through the `(account_id, created_at)` index.
+    #[tokio::test]
+    async fn key_lookups_stay_probes_as_an_account_grows_under_a_cached_plan() {
+        let database = TestDatabase::new(TestBackend::Postgres).await;
+        let store = Store::connect(&database.url, 2).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let mut connection = sqlx::PgConnection::connect(&database.url).await.expect("connect");
+        for statement in [
+            "ALTER TABLE ledger_entries SET (autovacuum_enabled = false)",
+            "INSERT INTO accounts (id, status, balance_millicredits, last_sequence, created_at, updated_at) \
+             SELECT 'acct-' || n, 'active', 1000, 1, now(), now() FROM generate_series(1, 1000) AS n",
+            "INSERT INTO ledger_entries (id, account_id, sequence, kind, amount_millicredits, \
+             balance_after_millicredits, idempotency_key, created_at) \
+             SELECT 'ent-' || n, 'acct-' || n, 1, 'adjustment', 1000, 1000, 'fund-' || n, now() \
+             FROM generate_series(1, 1000) AS n",
+            "SET plan_cache_mode = force_generic_plan",
+        ] {
+            sqlx::raw_sql(statement).execute(&mut connection).await.expect(statement);
+        }
+        for (name, sql) in [("debit", READ_FOR_DEBIT), ("posting", READ_FOR_POSTING)] {
+            let prepare = format!("PREPARE {name} (text, text[], timestamptz) AS {sql}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut connection).await.expect("prepared");
+            // The first execution makes the generic plan, on the small table.
+            let first = format!("EXECUTE {name} ('acct-1', ARRAY['fund-1'], NULL)");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(first)).execute(&mut connection).await.expect("executed");
+        }
+        sqlx::raw_sql(
+            "INSERT INTO ledger_entries (id, account_id, sequence, kind, amount_millicredits, \
+             balance_after_millicredits, idempotency_key, created_at) \
+             SELECT 'use-' || n, 'acct-1', n, 'adjustment', 1, 1000 + n - 1, 'use-' || n, now() \
+             FROM generate_series(2, 20001) AS n ORDER BY n; \
+             UPDATE accounts SET balance_millicredits = 21000, last_sequence = 20001 WHERE id = 'acct-1'",
+        )
+        .execute(&mut connection)
+        .await
+        .expect("grown");
+        let keys = "ARRAY['use-10', 'use-3000', 'use-6000', 'use-9000', 'use-12000', 'use-15000', 'use-20001', 'none']";
+        for name in ["debit", "posting"] {
+            let explain = format!("EXPLAIN (ANALYZE, BUFFERS) EXECUTE {name} ('acct-1', {keys}, NULL)");
+            let plan: Vec<String> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(explain)).fetch_all(&mut connection).await.expect("explained");
+            let touched = buffers(&plan);
+            assert!(touched < 100, "{name}: {touched} buffers for 8 keys:\n{}", plan.join("\n"));
+            assert!(
+                plan.iter().any(|line| line.contains("rows=7 ")),
+                "{name}: 7 of the 8 keys found:\n{}",
+                plan.join("\n")
+            );
+        }
+    }
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::audit::{NewAuditRecord, insert_audit};
 use crate::autoreloads::AUTORELOADS_QUEUE;
 use crate::inbox::{WEBHOOK_EVENTS_QUEUE, webhook_event};
-use crate::rows::{EntryRow, account_status, entry_columns};
+use crate::rows::{EntryRow, account_status, entries_by_key, entry_columns};
 use crate::{Store, StoreError, Timestamp, on_backend};
 
 /// Attempts before a posting that keeps meeting unique violations gives up with `Contention`. The account lock
@@ -703,7 +703,8 @@ async fn write_postgres_plans(
 /// PostgreSQL: an account with its settings, the usage debited since `$3` (when not null) and its entries whose key
 /// is in `$2`; one row per entry found, or one row with null entry columns. No lock: [`post_unlocked`] writes only
 /// if the account's sequence is still the one read here.
-const READ_FOR_POSTING: &str = "SELECT a.balance_millicredits, a.status, a.last_sequence, \
+pub(crate) const READ_FOR_POSTING: &str = concat!(
+    "SELECT a.balance_millicredits, a.status, a.last_sequence, \
      s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits, \
      CASE WHEN $3::timestamptz IS NULL THEN NULL ELSE (SELECT CAST(COALESCE(-SUM(d.amount_millicredits), 0) AS BIGINT) \
        FROM ledger_entries d WHERE d.account_id = $1 AND d.kind = 'usage_debit' AND d.created_at >= $3) END \
@@ -711,8 +712,10 @@ const READ_FOR_POSTING: &str = "SELECT a.balance_millicredits, a.status, a.last_
      e.id, e.account_id, e.sequence, e.kind, e.amount_millicredits, e.balance_after_millicredits, e.idempotency_key, \
      e.correlation_id, e.rate_version, e.source_ref, e.reason, e.model, e.units, e.created_at \
      FROM accounts a LEFT JOIN account_settings s ON s.account_id = a.id \
-     LEFT JOIN ledger_entries e ON e.account_id = a.id AND e.idempotency_key = ANY ($2) \
-     WHERE a.id = $1";
+     LEFT JOIN LATERAL (",
+    entries_by_key!("a.id", "$2"),
+    ") AS e ON true WHERE a.id = $1"
+);
 /// Parameters before the entries' in [`conditional_insert_sql`].
 const CONDITIONAL_INSERT_PARAMETERS: usize = 5;
 

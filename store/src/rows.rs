@@ -32,6 +32,31 @@ macro_rules! entry_columns {
 }
 pub(crate) use entry_columns;
 
+/// PostgreSQL, as a literal for `concat!`: the entries of the account `$account` (an SQL expression) whose keys are
+/// in the text array `$keys`, one key at a time; used as `LEFT JOIN LATERAL (...) AS e ON true`.
+///
+/// The plain form, `e.account_id = a.id AND e.idempotency_key = ANY ($2)`, lets the planner read every entry of the
+/// account through the `(account_id, created_at)` index and filter out the other keys. The generic plan PostgreSQL
+/// caches for a prepared statement takes that path when the table's statistics give an account a handful of
+/// entries (a fresh table, or one not analysed yet), and keeps it while one account grows to thousands. Measured in
+/// the API benchmark's hot-account case: the read took 10.8 ms once the account held about 30,000 entries, and the
+/// entries written per second fell from 4,193 to about 750 within 20 s. One `LIMIT 1` probe per key leaves the
+/// unique `(account_id, idempotency_key)` index as the only path worth taking.
+macro_rules! entries_by_key {
+    ($account:literal, $keys:literal) => {
+        concat!(
+            "SELECT f.* FROM unnest (",
+            $keys,
+            "::text[]) AS k (key) CROSS JOIN LATERAL (SELECT ",
+            $crate::rows::entry_columns!(),
+            " FROM ledger_entries x WHERE x.account_id = ",
+            $account,
+            " AND x.idempotency_key = k.key LIMIT 1) AS f"
+        )
+    };
+}
+pub(crate) use entries_by_key;
+
 impl TryFrom<EntryRow> for Entry {
     type Error = StoreError;
 
