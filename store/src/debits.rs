@@ -20,8 +20,7 @@ use time::OffsetDateTime;
 
 use crate::activations::COUNT_ACTIVATIONS;
 use crate::posting::{LockedAccount, plan_group, write_if_unmoved};
-use crate::rows::EntryRow;
-use crate::rows::entries_by_key;
+use crate::rows::{EntryRow, entries_by_key};
 use crate::{Store, StoreError, Timestamp};
 
 /// A usage record to price and debit.

@@ -109,13 +109,26 @@ fn usage_debit(account: &AccountId, key: &str, millicredits: i64) -> Posting {
     }
 }
 
-/// The pools' dependencies: mail to `mail_folder`, monitoring events to `endpoints`, no Stripe.
-fn handlers(
-    store: &Store,
-    packs: PackCatalog,
-    mail_folder: &std::path::Path,
-    endpoints: Vec<WebhookEndpoint>,
-) -> Handlers {
+/// Asks the workers `run` started to stop, and waits (30 s at most) for them to end cleanly.
+async fn stop_workers(
+    stop: tokio::sync::oneshot::Sender<()>,
+    workers: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+) {
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), workers)
+        .await
+        .expect("stops in time")
+        .expect("joined")
+        .expect("clean");
+}
+
+/// The pools' dependencies: one pack on sale ("starter", 5,000 credits for $5), mail to `mail_folder`, monitoring
+/// events to `endpoints`, no Stripe.
+fn handlers(store: &Store, mail_folder: &std::path::Path, endpoints: Vec<WebhookEndpoint>) -> Handlers {
+    let packs = PackCatalog::from_toml(
+        "[[packs]]\nid = \"starter\"\nname = \"Starter\"\nprice_usd_cents = 500\ncredits = 5000\n",
+    )
+    .expect("packs");
     let stripe = Deps { store: store.clone(), packs: Arc::new(packs), freeze_on_dispute: true };
     Handlers {
         stripe: stripe.clone(),
@@ -168,10 +181,6 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
         QueueOn::Redis => Queues::open_in(&redis_url(), &redis_namespace()).await,
     }
     .expect("queue");
-    let packs = PackCatalog::from_toml(
-        "[[packs]]\nid = \"starter\"\nname = \"Starter\"\nprice_usd_cents = 500\ncredits = 5000\n",
-    )
-    .expect("packs");
     let mail_folder = tempfile::tempdir().expect("tempdir");
     let monitoring = Receiver::start(200).await;
     let broken = Receiver::start(500).await;
@@ -184,7 +193,7 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
             events: vec!["purchase.succeeded".into()],
         },
     ];
-    let handlers = handlers(&store, packs, mail_folder.path(), endpoints);
+    let handlers = handlers(&store, mail_folder.path(), endpoints);
     let settings = WorkerSettings {
         retry_delay_min: Duration::from_millis(10),
         retry_delay_max: Duration::from_millis(100),
@@ -251,12 +260,7 @@ async fn pipeline(backend: TestBackend, queue_on: QueueOn) {
 
     a_usage_batch_is_debited(&store).await;
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), workers)
-        .await
-        .expect("stops in time")
-        .expect("joined")
-        .expect("clean");
+    stop_workers(stop, workers).await;
     assert_eq!(store.account(&alice).await.expect("read").expect("exists").balance, Millicredits::new(500_000));
     assert_eq!(emails(), 1, "one email for one crossing");
 }
@@ -468,11 +472,7 @@ async fn the_nightly_report_is_queued_once_per_date_and_emailed_once() {
         Queues::open(&format!("sqlite://{}", queue_dir.path().join("queue.db").display())).await.expect("queue");
     let mail_folder = tempfile::tempdir().expect("tempdir");
     let report_mail = tempfile::tempdir().expect("tempdir");
-    let packs = PackCatalog::from_toml(
-        "[[packs]]\nid = \"starter\"\nname = \"Starter\"\nprice_usd_cents = 500\ncredits = 5000\n",
-    )
-    .expect("packs");
-    let mut handlers = handlers(&store, packs, mail_folder.path(), Vec::new());
+    let mut handlers = handlers(&store, mail_folder.path(), Vec::new());
     handlers.reports = report_deps(&store, report_mail.path(), vec!["finance@example.com"]);
     let deps = handlers.reports.clone();
     // Each worker process's scheduler records the job too: still one.
@@ -492,12 +492,7 @@ async fn the_nightly_report_is_queued_once_per_date_and_emailed_once() {
     let job = creditflow_jobs::reports::BuildReportV1 { date: date.clone(), force: false, request: None };
     let again = creditflow_reports::job::build_report(&job, &deps).await.expect("built");
     assert_eq!(again.emailed, Emailed::AlreadySent);
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), workers)
-        .await
-        .expect("stops in time")
-        .expect("joined")
-        .expect("clean");
+    stop_workers(stop, workers).await;
     assert_eq!(emails(), 1, "one email per date");
     let done = store.jobs(Some("reports"), &[JobState::Done], 10).await.expect("jobs");
     assert_eq!(done.len(), 1, "one job for the date: {done:?}");
@@ -554,11 +549,7 @@ async fn idle_workers_take_new_jobs_long_before_their_heartbeat() {
     activate_card(&store).await;
     let queues = Queues::open_with(&redis_url(), &redis_namespace(), Duration::from_secs(300)).await.expect("queue");
     let mail_folder = tempfile::tempdir().expect("tempdir");
-    let packs = PackCatalog::from_toml(
-        "[[packs]]\nid = \"starter\"\nname = \"Starter\"\nprice_usd_cents = 500\ncredits = 5000\n",
-    )
-    .expect("packs");
-    let handlers = handlers(&store, packs, mail_folder.path(), Vec::new());
+    let handlers = handlers(&store, mail_folder.path(), Vec::new());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let workers = tokio::spawn(run(store.clone(), handlers, queues, WorkerSettings::default(), async move {
         let _ = stopped.await;
@@ -567,10 +558,5 @@ async fn idle_workers_take_new_jobs_long_before_their_heartbeat() {
         tokio::time::sleep(Duration::from_secs(4)).await;
         submit_batch_and_wait(&store, &format!("idle-{round}"), 10).await;
     }
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), workers)
-        .await
-        .expect("stops in time")
-        .expect("joined")
-        .expect("clean");
+    stop_workers(stop, workers).await;
 }
