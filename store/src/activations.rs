@@ -27,7 +27,7 @@ struct Activation {
 /// Every activation, newest first (by effective time, then id), and how many rows the table held when read.
 #[derive(Debug)]
 pub(crate) struct ActivationList {
-    rows: i64,
+    pub(crate) rows: i64,
     newest_first: Vec<Activation>,
 }
 
@@ -54,6 +54,11 @@ pub(crate) struct CardCache {
 impl CardCache {
     pub(crate) fn parsed(&self) -> &crate::rate_cards::ParsedCards {
         &self.parsed
+    }
+
+    /// The activation list as last read, if it was (whether it is still current is for the caller to check).
+    pub(crate) fn current_activations(&self) -> Option<Arc<ActivationList>> {
+        self.activations.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 

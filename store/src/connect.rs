@@ -75,7 +75,12 @@ impl Store {
                 .connect_with(options)
                 .await?;
             let stash = crate::stash::Stash::new(max_connections);
-            Ok(Self::Postgres(PostgresStore { pool, stash, cards: crate::activations::CardCache::default() }))
+            Ok(Self::Postgres(PostgresStore {
+                pool,
+                stash,
+                cards: crate::activations::CardCache::default(),
+                known: std::sync::Arc::default(),
+            }))
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
         }

@@ -19,6 +19,7 @@ mod debits;
 mod error;
 mod inbox;
 mod jobs;
+mod known;
 mod posting;
 mod purchases;
 mod rate_cards;
@@ -99,6 +100,8 @@ pub struct PostgresStore {
     stash: std::sync::Arc<stash::Stash>,
     /// Rate card activations and parsed versions, copied once per process.
     cards: activations::CardCache,
+    /// What this process's last write to each account left (see `known.rs`).
+    known: std::sync::Arc<known::KnownAccounts>,
 }
 
 /// The SQL that differs between backends.

@@ -1,7 +1,8 @@
 //! Posting to the ledger: one transaction that locks the account, applies the domain's rules and appends the entry.
 
 use creditflow_domain::{
-    AccountId, AccountState, Decision, Entry, EntryKind, Millicredits, Posting, PostingOutcome, RateVersion, decide,
+    AccountId, AccountState, AccountStatus, Decision, Entry, EntryKind, Millicredits, Posting, PostingOutcome,
+    RateVersion, decide,
 };
 use std::collections::HashMap;
 
@@ -12,6 +13,7 @@ use uuid::Uuid;
 use crate::audit::{NewAuditRecord, insert_audit};
 use crate::autoreloads::AUTORELOADS_QUEUE;
 use crate::inbox::{WEBHOOK_EVENTS_QUEUE, webhook_event};
+use crate::known::DebitSettings;
 use crate::rows::{EntryRow, account_status, entries_by_key, entry_columns};
 use crate::{Store, StoreError, Timestamp, on_backend};
 
@@ -716,20 +718,40 @@ pub(crate) const READ_FOR_POSTING: &str = concat!(
     entries_by_key!("a.id", "$2"),
     ") AS e ON true WHERE a.id = $1"
 );
-/// Parameters before the entries' in [`conditional_insert_sql`].
-const CONDITIONAL_INSERT_PARAMETERS: usize = 5;
+/// Parameters before the entries' in [`conditional_insert_sql`]: without and with a [`DebitGuard`].
+const CONDITIONAL_INSERT_PARAMETERS: [usize; 2] = [5, 11];
 
-/// PostgreSQL, one statement: moves the account to its new balance and sequence if its sequence is still `$5`, and
+/// What a debit's conditional write checks besides the account's sequence: everything else its decision read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DebitGuard {
+    pub(crate) status: AccountStatus,
+    /// Rows of the rate card activations the debits were priced from (their number names them, see
+    /// `activations.rs`).
+    pub(crate) activation_rows: i64,
+    pub(crate) settings: DebitSettings,
+}
+
+/// PostgreSQL, one statement: moves the account to its new balance and sequence if its sequence is still `$5` (and,
+/// `guarded`, its status is `$6`, the activations still number `$7` and its settings are still `$8`-`$11`), and
 /// appends `rows` entries only if it did (none otherwise).
-fn conditional_insert_sql(rows: usize) -> String {
+fn conditional_insert_sql(rows: usize, guarded: bool) -> String {
     let mut sql = String::from(
-        "WITH moved AS (UPDATE accounts SET balance_millicredits = $1, last_sequence = $2, updated_at = $3 \
-         WHERE id = $4 AND last_sequence = $5 RETURNING id) \
-         INSERT INTO ledger_entries (",
+        "WITH moved AS (UPDATE accounts a SET balance_millicredits = $1, last_sequence = $2, updated_at = $3 \
+         WHERE a.id = $4 AND a.last_sequence = $5",
     );
+    if guarded {
+        // A missing settings row and a row of defaults decide alike: both pass.
+        sql.push_str(
+            " AND a.status = $6 AND (SELECT COUNT(*) FROM rate_card_activations) = $7 \
+             AND NOT EXISTS (SELECT 1 FROM account_settings s WHERE s.account_id = a.id \
+             AND (s.low_balance_threshold_millicredits, s.autoreload_enabled, s.autoreload_threshold_millicredits, \
+             s.daily_spend_cap_millicredits) IS DISTINCT FROM ($8::bigint, $9::boolean, $10::bigint, $11::bigint))",
+        );
+    }
+    sql.push_str(" RETURNING a.id) INSERT INTO ledger_entries (");
     sql.push_str(entry_columns!());
     sql.push_str(") SELECT * FROM (VALUES ");
-    push_entry_placeholders(&mut sql, rows, CONDITIONAL_INSERT_PARAMETERS);
+    push_entry_placeholders(&mut sql, rows, CONDITIONAL_INSERT_PARAMETERS[usize::from(guarded)]);
     sql.push_str(") AS posted WHERE EXISTS (SELECT 1 FROM moved)");
     sql
 }
@@ -784,22 +806,23 @@ async fn post_unlocked(pool: &sqlx::PgPool, postings: &[Posting]) -> Result<Opti
         // Nothing to write: every posting was refused or replayed.
         return Ok(Some(plan.outcomes));
     };
-    let written = write_if_unmoved(&mut connection, &plan.created, expected_sequence, now).await?;
+    let written = write_if_unmoved(&mut connection, &plan.created, expected_sequence, None, now).await?;
     Ok(written.then_some(plan.outcomes))
 }
 
 /// PostgreSQL, one statement: appends `created` (one account's entries, in sequence order) and moves the account to
-/// the last one's balance and sequence, if the account's sequence is still `expected_sequence`. `false` (nothing
-/// written) when another posting moved the account first.
+/// the last one's balance and sequence, if the account's sequence is still `expected_sequence` and what `guard`
+/// names has not changed either. `false` (nothing written) when it has, or when a key is taken.
 pub(crate) async fn write_if_unmoved(
     connection: &mut sqlx::PgConnection,
     created: &[Entry],
     expected_sequence: i64,
+    guard: Option<DebitGuard>,
     now: Timestamp,
 ) -> Result<bool, StoreError> {
     let Some(last) = created.last() else { return Ok(true) };
     let account_id = last.account_id.as_str();
-    let sql = conditional_insert_sql(created.len());
+    let sql = conditional_insert_sql(created.len(), guard.is_some());
     // Only placeholders are generated; every value is bound.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(last.balance_after.get())
@@ -807,6 +830,16 @@ pub(crate) async fn write_if_unmoved(
         .bind(now)
         .bind(account_id)
         .bind(expected_sequence);
+    if let Some(guard) = guard {
+        let settings = guard.settings;
+        query = query
+            .bind(guard.status.as_str())
+            .bind(guard.activation_rows)
+            .bind(settings.low_balance_threshold)
+            .bind(settings.autoreload_enabled)
+            .bind(settings.autoreload_threshold)
+            .bind(settings.daily_spend_cap);
+    }
     for entry in created {
         query = bind_entry!(query, entry, account_id, now);
     }

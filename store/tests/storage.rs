@@ -65,6 +65,7 @@ storage_suite!(
     debits_are_priced_with_the_card_in_force_and_replayed_by_key,
     debits_respect_the_daily_cap_and_queue_the_low_balance_notice,
     coalesced_debits_answer_as_if_posted_alone,
+    debits_notice_what_another_process_changed,
     many_accounts_post_in_one_transaction_without_deadlock,
 );
 

@@ -1,13 +1,13 @@
 //! Usage debits priced and posted by the store (what a reconcile asks for), on every backend.
 
 use creditflow_domain::{
-    AccountId, AccountSettings, Millicredits, PostingInvalid, PostingOutcome, PricingError, RateCard, RateVersion,
-    Usage,
+    AccountId, AccountSettings, AccountStatus, Millicredits, PostingInvalid, PostingOutcome, PricingError, RateCard,
+    RateVersion, Usage,
 };
-use creditflow_store::{Coalescer, DebitAnswer, EMAILS_QUEUE, UsageDebit};
+use creditflow_store::{Coalescer, DebitAnswer, EMAILS_QUEUE, Store, UsageDebit};
 use time::{Duration, OffsetDateTime};
 
-use super::helpers::{Db, audit};
+use super::helpers::{Db, audit, purchase};
 
 /// Stores a card of `version` pricing model `m`: `x` at `x_credits` a unit, `free` at nothing; ceil rounding.
 async fn card(db: &Db, version: &str, x_credits: u32) -> RateVersion {
@@ -191,4 +191,76 @@ pub(crate) async fn coalesced_debits_answer_as_if_posted_alone(db: &Db) {
         PostingOutcome::InsufficientFunds { balance: Millicredits::new(500), shortfall: Millicredits::new(1_500) };
     assert_eq!(b.expect("answered"), DebitAnswer::Posted(expected));
     db.assert_balance(&other, 3_000).await;
+}
+
+/// A second store on the same database stands for another process. For each thing another process may change, an
+/// account is debited once through the first store (which then knows the state its write left), the change is made
+/// through the second, and the next debit through the first must answer what a fresh read gives.
+pub(crate) async fn debits_notice_what_another_process_changed(db: &Db) {
+    let v1 = card(db, "v1", 1).await;
+    activate(db, &v1, OffsetDateTime::now_utc() - Duration::hours(1)).await;
+    let other = Store::connect(&db.database.url, 4).await.expect("a second store");
+    let first_debit = |name: &'static str| async move {
+        let id = db.account_with(name, 10_000).await;
+        created(debit_one(db, debit(&id, &format!("{name}-1"), 1)).await);
+        id
+    };
+
+    // Another posting moved the balance and the sequence.
+    let moved = first_debit("acct_known_moved").await;
+    let credit = other.post(&purchase(&moved, "elsewhere", 5_000)).await.expect("posted elsewhere");
+    assert!(matches!(credit, PostingOutcome::Created(_)), "{credit:?}");
+    let entry = created(debit_one(db, debit(&moved, "moved-2", 1)).await);
+    assert_eq!((entry.sequence, entry.balance_after), (4, Millicredits::new(13_000)));
+    db.assert_balance(&moved, 13_000).await;
+
+    // The account was frozen.
+    let frozen = first_debit("acct_known_frozen").await;
+    let freeze = audit("account.freeze", frozen.as_str());
+    other.set_account_status(&frozen, AccountStatus::Frozen, &freeze).await.expect("frozen elsewhere");
+    let answer = debit_one(db, debit(&frozen, "frozen-2", 1)).await;
+    assert_eq!(answer, DebitAnswer::Posted(PostingOutcome::AccountFrozen));
+    db.assert_balance(&frozen, 9_000).await;
+
+    // A daily cap was set under what the next debit would make today's usage.
+    let capped = first_debit("acct_known_capped").await;
+    let cap = AccountSettings { daily_spend_cap: Some(Millicredits::new(1_500)), ..AccountSettings::default() };
+    other.put_settings(&capped, &cap).await.expect("capped elsewhere");
+    let answer = debit_one(db, debit(&capped, "capped-2", 1)).await;
+    let refused = PostingOutcome::SpendCapExceeded { limit: Millicredits::new(1_500), spent: Millicredits::new(1_000) };
+    assert_eq!(answer, DebitAnswer::Posted(refused));
+    db.assert_balance(&capped, 9_000).await;
+
+    // A low-balance threshold was set that the next debit crosses: it queues the notice.
+    let notified = first_debit("acct_known_notified").await;
+    let threshold = AccountSettings {
+        email: Some("owner@example.com".to_owned()),
+        low_balance_threshold: Some(Millicredits::new(8_500)),
+        ..AccountSettings::default()
+    };
+    other.put_settings(&notified, &threshold).await.expect("threshold set elsewhere");
+    created(debit_one(db, debit(&notified, "notified-2", 1)).await);
+    let outbox = db.store.unrelayed_outbox(100).await.expect("outbox");
+    let notices = outbox
+        .iter()
+        .filter(|message| message.queue == EMAILS_QUEUE && message.payload.contains("acct_known_notified"))
+        .count();
+    assert_eq!(notices, 1, "{outbox:?}");
+
+    // A new rate card was activated.
+    let repriced = first_debit("acct_known_repriced").await;
+    let v2 = card(db, "v2", 3).await;
+    other.activate_rate_card(&v2, OffsetDateTime::now_utc(), &audit("rate_card.activate", "v2")).await.expect("v2");
+    let entry = created(debit_one(db, debit(&repriced, "repriced-2", 1)).await);
+    assert_eq!((entry.amount, entry.rate_version), (Millicredits::new(-3_000), Some(v2)));
+    db.assert_balance(&repriced, 6_000).await;
+
+    // The key was used by a debit elsewhere: answered with that entry, not written twice.
+    let replayed = first_debit("acct_known_replayed").await;
+    let elsewhere = other.debit_usage(&[debit(&replayed, "replayed-2", 1)], OffsetDateTime::now_utc()).await;
+    let first = created(elsewhere.expect("debited elsewhere").remove(0));
+    let answer = debit_one(db, debit(&replayed, "replayed-2", 1)).await;
+    assert_eq!(answer, DebitAnswer::Posted(PostingOutcome::Exists(first)));
+    db.assert_balance(&replayed, 4_000).await;
+    other.close().await;
 }

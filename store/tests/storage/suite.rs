@@ -9,7 +9,7 @@ use time::{Duration, OffsetDateTime};
 
 pub(crate) use super::debits::{
     coalesced_debits_answer_as_if_posted_alone, debits_are_priced_with_the_card_in_force_and_replayed_by_key,
-    debits_respect_the_daily_cap_and_queue_the_low_balance_notice,
+    debits_notice_what_another_process_changed, debits_respect_the_daily_cap_and_queue_the_low_balance_notice,
 };
 use super::helpers::{Db, adjustment, audit, purchase, usage};
 
