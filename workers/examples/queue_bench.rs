@@ -7,12 +7,15 @@
 //! limit, in-process retry with production's default backoff) under a `Monitor` with the default shutdown grace, on
 //! a multi-threaded tokio runtime with one thread per core like the `creditflow` binary's.
 //!
-//! What is not: the handler. Production handlers run inside the job record (`Tracker` in `src/handlers.rs`), which
-//! writes an attempt row to the database before and after every job; that is a database benchmark of its own, and
-//! the Python references have no such record, so it is left out and the JSON says so (`"job_records": "excluded"`).
-//! No log subscriber is installed either. The job instead marks that it ran with one Redis command, `SETBIT` on a
-//! bitmap at its index, which the references do too: at the end, the bitmap's population must equal the job count
-//! and no bit may have been set twice.
+//! What is not, by default: the job record. Production handlers run inside it (`Tracker` in `src/handlers.rs`),
+//! which records the start of every attempt in the database before the work and its end after it; the Python
+//! references have no such record, so the queue comparison leaves it out and the JSON says so
+//! (`"job_records": "excluded"`). With `--records URL` (a PostgreSQL database, migrated here) every job does what
+//! `Tracker` does around its work, with the store's own `start_job_attempt` and `end_job_attempt`: the rate a
+//! production pool reaches (`"job_records": "postgres"`), and at the end every job must have a `done` record. No log
+//! subscriber is installed. The job's work is to mark that it ran with one Redis command, `SETBIT` on a bitmap at its
+//! index, which the references do too: at the end, the bitmap's population must equal the job count and no bit may
+//! have been set twice.
 //!
 //! Two orders (`--mode`): `concurrent` (the default) starts the workers and pushes the jobs at the same time, as the
 //! relay pushes while workers run; `backlog` pushes every job first, then starts the workers. Either way the clock
@@ -27,6 +30,7 @@
 //! acknowledged.
 //!
 //! `cargo run --release -p creditflow-workers --example queue_bench -- --jobs 100000 --concurrency 8`
+//! `... -- --jobs 20000 --records postgres://postgres@127.0.0.1:5432/creditflow_bench_jobs` (a database of its own)
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,13 +39,14 @@ use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
 use apalis_redis::{ConnectionManager, RedisStorage};
+use creditflow_store::{Attempt, AttemptEnd, JobState, QueuedJob, Store};
 use creditflow_workers::{DEFAULT_HEARTBEAT, WorkerSettings, redis_queue_config, retry_backoff, worker_builder};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
 
 const USAGE_TEXT: &str = "usage: queue_bench [--jobs N] [--concurrency C] [--mode concurrent|backlog] \
-                          [--redis-url URL] [--namespace PREFIX]";
+                          [--redis-url URL] [--namespace PREFIX] [--records POSTGRES_URL]";
 /// The queue's name under the namespace.
 const QUEUE: &str = "noop";
 
@@ -52,6 +57,8 @@ struct Args {
     backlog: bool,
     redis_url: String,
     namespace: String,
+    /// A PostgreSQL database for the job records, when they are measured.
+    records: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -61,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
         backlog: false,
         redis_url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
         namespace: "creditflow-bench-jobs:creditflow".to_owned(),
+        records: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -82,6 +90,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--redis-url" => parsed.redis_url = value,
             "--namespace" => parsed.namespace = value,
+            "--records" => parsed.records = Some(value),
             _ => return Err(format!("unknown argument `{flag}`")),
         }
     }
@@ -109,9 +118,33 @@ struct RunLog {
     first_runs: Arc<AtomicU64>,
     jobs: u64,
     all_ran: Arc<Notify>,
+    /// Where each job records its attempt, as production's `Tracker` does.
+    records: Option<Store>,
 }
 
 async fn noop(job: NoopV1, log: Data<RunLog>) -> Result<(), BoxDynError> {
+    let Some(store) = &log.records else { return mark(&job, &log).await };
+    let queued = QueuedJob {
+        id: format!("{QUEUE}:{}", job.index),
+        queue: QUEUE.to_owned(),
+        payload: serde_json::to_string(&job)?,
+    };
+    match store.start_job_attempt(&queued).await? {
+        Attempt::Run(attempt) => {
+            mark(&job, &log).await?;
+            store.end_job_attempt(&queued.id, attempt, AttemptEnd::Done).await?;
+        }
+        // Its record is final: delivered again after it ran, so it counts as a repeat.
+        Attempt::Skip(_) => {
+            let mut connection = log.connection.clone();
+            redis::cmd("INCR").arg(&log.repeated_key).query_async::<i64>(&mut connection).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The job's work: its bit set, and a repeat counted if the bit was set already.
+async fn mark(job: &NoopV1, log: &RunLog) -> Result<(), BoxDynError> {
     let mut connection = log.connection.clone();
     let before: u8 = redis::cmd("SETBIT").arg(&log.ran_key).arg(job.index).arg(1).query_async(&mut connection).await?;
     if before == 1 {
@@ -154,6 +187,8 @@ struct Measured {
     acked: u64,
     /// Jobs left in apalis's scheduled set and active list (both 0 after a complete run).
     left: (u64, u64),
+    /// Jobs whose record says done, when records are kept.
+    recorded_done: Option<u64>,
 }
 
 /// Pushes jobs `0..jobs` one at a time, as the relay pushes; returns the seconds since `started` when done.
@@ -164,7 +199,7 @@ async fn push_all(mut storage: RedisStorage<NoopV1>, jobs: u64, started: Instant
     Ok(started.elapsed().as_secs_f64())
 }
 
-async fn measure(args: &Args, connection: ConnectionManager) -> Result<Measured, BoxDynError> {
+async fn measure(args: &Args, connection: ConnectionManager, records: Option<Store>) -> Result<Measured, BoxDynError> {
     let config = redis_queue_config(&args.namespace, QUEUE, DEFAULT_HEARTBEAT);
     let (done_set, scheduled_set, active_list) =
         (config.done_jobs_set(), config.scheduled_jobs_set(), config.active_jobs_list());
@@ -176,6 +211,7 @@ async fn measure(args: &Args, connection: ConnectionManager) -> Result<Measured,
         first_runs: Arc::new(AtomicU64::new(0)),
         jobs: args.jobs,
         all_ran: Arc::new(Notify::new()),
+        records: records.clone(),
     };
     let settings = WorkerSettings::default();
     let backoff = retry_backoff(&settings)?;
@@ -214,15 +250,41 @@ async fn measure(args: &Args, connection: ConnectionManager) -> Result<Measured,
     let acked: u64 = redis::cmd("SCARD").arg(&done_set).query_async(&mut connection).await?;
     let scheduled: u64 = redis::cmd("ZCARD").arg(&scheduled_set).query_async(&mut connection).await?;
     let active: u64 = redis::cmd("LLEN").arg(&active_list).query_async(&mut connection).await?;
-    Ok(Measured { seconds, enqueue_seconds, ran, repeated: repeated.unwrap_or(0), acked, left: (scheduled, active) })
+    let recorded_done = match &records {
+        Some(store) => {
+            let counts = store.job_counts().await?;
+            let done = counts.iter().find(|(queue, state, _)| queue == QUEUE && *state == JobState::Done);
+            Some(done.map_or(0, |(_, _, jobs)| u64::try_from(*jobs).unwrap_or(0)))
+        }
+        None => None,
+    };
+    Ok(Measured {
+        seconds,
+        enqueue_seconds,
+        ran,
+        repeated: repeated.unwrap_or(0),
+        acked,
+        left: (scheduled, active),
+        recorded_done,
+    })
 }
 
 async fn run(args: Args) -> Result<bool, BoxDynError> {
+    let records = match &args.records {
+        Some(url) => {
+            // As many connections as jobs run at once, and as many again for the ends of attempts.
+            let connections = u32::try_from(args.concurrency.saturating_mul(2)).unwrap_or(u32::MAX);
+            let store = Store::connect(url, connections).await?;
+            store.migrate().await?;
+            Some(store)
+        }
+        None => None,
+    };
     let mut connection = apalis_redis::connect(args.redis_url.as_str()).await?;
     clear(&mut connection, &args.namespace).await?;
     // The measurement must not hang if jobs go missing: a generous bound, far above any expected run.
     let bound = Duration::from_secs(600 + args.jobs / 100);
-    let measured = tokio::time::timeout(bound, measure(&args, connection.clone())).await;
+    let measured = tokio::time::timeout(bound, measure(&args, connection.clone(), records)).await;
     clear(&mut connection, &args.namespace).await?;
     let measured = measured.map_err(|_| format!("not every job ran within {} s", bound.as_secs()))??;
     #[allow(clippy::cast_precision_loss)] // Job counts are far below 2^52.
@@ -243,16 +305,26 @@ async fn run(args: Args) -> Result<bool, BoxDynError> {
             args.concurrency,
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         ),
-        "job_records": "excluded",
+        "job_records": if args.records.is_some() { "postgres" } else { "excluded" },
+        "recorded_done": measured.recorded_done,
     });
     println!("{line}");
-    let complete = measured.ran == args.jobs && measured.repeated == 0 && measured.acked == args.jobs;
+    let complete = measured.ran == args.jobs
+        && measured.repeated == 0
+        && measured.acked == args.jobs
+        && measured.recorded_done.is_none_or(|done| done == args.jobs);
     if !complete {
         eprintln!(
-            "queue_bench: {} jobs pushed, {} ran, {} ran more than once, {} acknowledged; {} still scheduled, {} \
-             still active (the worker stops if a fetch fails: more than about 8,000 scheduled jobs due at once fail \
-             apalis-redis's fetch script)",
-            args.jobs, measured.ran, measured.repeated, measured.acked, measured.left.0, measured.left.1
+            "queue_bench: {} jobs pushed, {} ran, {} ran more than once, {} acknowledged, {} recorded done; {} \
+             still scheduled, {} still active (the worker stops if a fetch fails: more than about 8,000 scheduled \
+             jobs due at once fail apalis-redis's fetch script)",
+            args.jobs,
+            measured.ran,
+            measured.repeated,
+            measured.acked,
+            measured.recorded_done.map_or_else(|| "-".to_owned(), |done| done.to_string()),
+            measured.left.0,
+            measured.left.1
         );
     }
     Ok(complete)
