@@ -427,7 +427,7 @@ mod tests {
 
     use super::READ_FOR_DEBIT;
     use crate::Store;
-    use crate::posting::READ_FOR_POSTING;
+    use crate::posting::{ENTRIES_BY_ACCOUNT_KEYS, READ_FOR_POSTING};
 
     /// Buffers the top node of `plan` (EXPLAIN's text lines) touched: shared hits plus reads.
     fn buffers(plan: &[String]) -> u64 {
@@ -521,7 +521,9 @@ mod tests {
     /// plan is made while the table holds 1,000 accounts of one entry each and is not analysed (so the statistics
     /// give an account a handful of entries), then one account grows to 20,000 entries. Looking 8 of its keys up
     /// must touch a few dozen buffers (about 30), not the pages of all the account's entries: with the keys in a
-    /// plain `= ANY ($2)`, the cached plan read every one of them through the `(account_id, created_at)` index.
+    /// plain `= ANY ($2)`, the cached plan read every one of them through the `(account_id, created_at)` index. The
+    /// locking path's lookup of (account, key) pairs (`ENTRIES_BY_ACCOUNT_KEYS`) is held to the same: as a plain join
+    /// its cached plan scanned the whole table.
     #[tokio::test]
     async fn key_lookups_stay_probes_as_an_account_grows_under_a_cached_plan() {
         let database = TestDatabase::new(TestBackend::Postgres).await;
@@ -540,11 +542,16 @@ mod tests {
         ] {
             sqlx::raw_sql(statement).execute(&mut connection).await.expect(statement);
         }
-        for (name, sql) in [("debit", READ_FOR_DEBIT), ("posting", READ_FOR_POSTING)] {
-            let prepare = format!("PREPARE {name} (text, text[], timestamptz) AS {sql}");
+        let one_account = "(text, text[], timestamptz)";
+        for (name, sql, types, first) in [
+            ("debit", READ_FOR_DEBIT, one_account, "('acct-1', ARRAY['fund-1'], NULL)"),
+            ("posting", READ_FOR_POSTING, one_account, "('acct-1', ARRAY['fund-1'], NULL)"),
+            ("pairs", ENTRIES_BY_ACCOUNT_KEYS, "(text[], text[])", "(ARRAY['acct-1'], ARRAY['fund-1'])"),
+        ] {
+            let prepare = format!("PREPARE {name} {types} AS {sql}");
             sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut connection).await.expect("prepared");
             // The first execution makes the generic plan, on the small table.
-            let first = format!("EXECUTE {name} ('acct-1', ARRAY['fund-1'], NULL)");
+            let first = format!("EXECUTE {name} {first}");
             sqlx::raw_sql(sqlx::AssertSqlSafe(first)).execute(&mut connection).await.expect("executed");
         }
         sqlx::raw_sql(
@@ -558,8 +565,13 @@ mod tests {
         .await
         .expect("grown");
         let keys = "ARRAY['use-10', 'use-3000', 'use-6000', 'use-9000', 'use-12000', 'use-15000', 'use-20001', 'none']";
-        for name in ["debit", "posting"] {
-            let explain = format!("EXPLAIN (ANALYZE, BUFFERS) EXECUTE {name} ('acct-1', {keys}, NULL)");
+        let accounts = "ARRAY['acct-1', 'acct-1', 'acct-1', 'acct-1', 'acct-1', 'acct-1', 'acct-1', 'acct-1']";
+        for (name, arguments) in [
+            ("debit", format!("('acct-1', {keys}, NULL)")),
+            ("posting", format!("('acct-1', {keys}, NULL)")),
+            ("pairs", format!("({accounts}, {keys})")),
+        ] {
+            let explain = format!("EXPLAIN (ANALYZE, BUFFERS) EXECUTE {name} {arguments}");
             let plan: Vec<String> =
                 sqlx::query_scalar(sqlx::AssertSqlSafe(explain)).fetch_all(&mut connection).await.expect("explained");
             let touched = buffers(&plan);
