@@ -140,7 +140,62 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use creditflow_testkit::{TestBackend, TestDatabase};
+    use sqlx::Connection as _;
+
     use super::redact_url;
+    use crate::Store;
+
+    /// PostgreSQL checks the ledger chain once per statement (migration 0014) with a plan PL/pgSQL caches the first
+    /// time the trigger runs. Made here on a nearly empty table, that plan must still find each new entry's
+    /// predecessor with one index probe once a statement appends thousands of entries to one account: counted as
+    /// the tuples the transaction read from `ledger_entries` by index and by scan. A lookup that let the planner
+    /// choose the `(account_id, created_at)` index read half the account per entry: about 12.5 million here.
+    #[tokio::test]
+    async fn the_chain_check_probes_each_predecessor_under_a_plan_cached_on_a_small_table() {
+        let database = TestDatabase::new(TestBackend::Postgres).await;
+        Store::connect(&database.url, 1).await.expect("connect").migrate().await.expect("migrate");
+        let mut connection = sqlx::PgConnection::connect(&database.url).await.expect("connect");
+        let entries = |from: i64, to: i64| {
+            format!(
+                "INSERT INTO ledger_entries (id, account_id, sequence, kind, amount_millicredits, \
+                 balance_after_millicredits, idempotency_key, created_at) \
+                 SELECT 'ent-' || n, 'acct-1', n, 'adjustment', 1, n, 'key-' || n, now() \
+                 FROM generate_series({from}, {to}) AS n ORDER BY n"
+            )
+        };
+        for statement in [
+            "ALTER TABLE ledger_entries SET (autovacuum_enabled = false)".to_owned(),
+            "INSERT INTO accounts (id, status, balance_millicredits, last_sequence, created_at, updated_at) \
+             VALUES ('acct-1', 'active', 0, 0, now(), now())"
+                .to_owned(),
+            // The trigger's first run, on a table of one entry, makes the plan kept for the connection.
+            entries(1, 1),
+            "BEGIN".to_owned(),
+            entries(2, 5_001),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).execute(&mut connection).await.expect(&statement);
+        }
+        let read: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables \
+             WHERE relname = 'ledger_entries'",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .expect("counted");
+        assert!(read <= 10_000, "{read} tuples read to check 5,000 entries");
+        sqlx::raw_sql("COMMIT").execute(&mut connection).await.expect("committed");
+        // The chain it checks is still the whole rule: a gap and a wrong balance are refused on this plan too.
+        for broken in [entries(5_003, 5_003), "INSERT INTO ledger_entries (id, account_id, sequence, kind, \
+             amount_millicredits, balance_after_millicredits, idempotency_key, created_at) \
+             VALUES ('ent-x', 'acct-1', 5002, 'adjustment', 1, 1, 'key-x', now())"
+            .to_owned()]
+        {
+            let error = sqlx::raw_sql(sqlx::AssertSqlSafe(broken.clone())).execute(&mut connection).await;
+            let error = error.expect_err(&broken).to_string();
+            assert!(error.contains("skips a sequence") || error.contains("breaks the balance chain"), "{error}");
+        }
+    }
 
     #[test]
     fn redacts_passwords_only() {
