@@ -2,13 +2,15 @@
 //!
 //! Each event is priced with the rate card its account had when the batch was accepted, so a retry prices it the
 //! same. Events are grouped by account and each account's debits are posted in one transaction
-//! ([`Store::post_many`]). Running the job again (a crash, a redelivery) debits nothing twice: an event's entry is
+//! ([`Store::post_many_accounts`], which takes many accounts per transaction; a batch's transactions run two at a
+//! time). Running the job again (a crash, a redelivery) debits nothing twice: an event's entry is
 //! keyed by its id, and an entry already written by this batch counts as debited by it, not as a duplicate.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use creditflow_domain::{AccountId, Millicredits, Posting, PostingOutcome, RateCard, Rejection, UsageEvent};
 use creditflow_store::{BatchResult, BatchStatus, NewAuditRecord, Store};
+use futures_util::{StreamExt as _, stream};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -62,6 +64,11 @@ type AccountDebits<'a> = (&'a AccountId, &'a Vec<(usize, Posting)>);
 /// Debits per transaction of a batch, about: accounts are added to a transaction until it holds this many.
 const POSTINGS_PER_TRANSACTION: usize = 5_000;
 
+/// Transactions of one batch in flight at once. They hold disjoint sets of accounts, so they never wait on each other;
+/// on PostgreSQL each has a connection and a server process of its own, and a batch's debits use more than one core.
+/// Every transaction locks its accounts in the same order, so these never deadlock with another batch's either.
+const TRANSACTIONS_AT_ONCE: usize = 2;
+
 /// Prices and debits a batch; returns its result. Idempotent: a completed batch is left as it is.
 pub async fn price_usage_batch(job: &PriceUsageBatchV1, deps: &BatchDeps) -> Result<BatchResult, JobError> {
     let store = &deps.store;
@@ -79,23 +86,15 @@ pub async fn price_usage_batch(job: &PriceUsageBatchV1, deps: &BatchDeps) -> Res
     let mut debited = Millicredits::ZERO;
     let accounts: Vec<&AccountId> = priced.per_account.keys().collect();
     store.create_accounts(&accounts).await?;
-    // Accounts in transactions of about POSTINGS_PER_TRANSACTION debits: one commit for many accounts.
-    let mut chunks: Vec<Vec<AccountDebits>> = vec![Vec::new()];
-    let mut filled = 0;
-    for (account, postings) in &priced.per_account {
-        if filled >= POSTINGS_PER_TRANSACTION {
-            chunks.push(Vec::new());
-            filled = 0;
-        }
-        filled += postings.len();
-        if let Some(chunk) = chunks.last_mut() {
-            chunk.push((account, postings));
-        }
-    }
-    for chunk in chunks {
-        let groups: Vec<Vec<Posting>> =
-            chunk.iter().map(|(_, postings)| postings.iter().map(|(_, posting)| posting.clone()).collect()).collect();
-        let outcomes = store.post_many_accounts(&groups).await?;
+    let mut failed = None;
+    for (chunk, outcomes) in post_in_transactions(store, &priced.per_account).await {
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                failed.get_or_insert(error);
+                continue;
+            }
+        };
         for ((account, postings), outcomes) in chunk.into_iter().zip(outcomes) {
             let mut overdrawn = 0_i64;
             for ((index, _), outcome) in postings.iter().zip(outcomes) {
@@ -149,12 +148,59 @@ pub async fn price_usage_batch(job: &PriceUsageBatchV1, deps: &BatchDeps) -> Res
             }
         }
     }
+    if let Some(error) = failed {
+        return Err(error);
+    }
     priced.rejected.sort_by_key(|rejection| rejection.index);
     result.rejected = i64::try_from(priced.rejected.len()).unwrap_or(i64::MAX);
     result.debited_millicredits = debited.get();
     result.rejections = serde_json::to_string(&priced.rejected).unwrap_or_else(|_| "[]".to_owned());
     store.complete_usage_batch(&batch.id, &result).await?;
     Ok(result)
+}
+
+/// Posts a batch's debits in transactions of about [`POSTINGS_PER_TRANSACTION`] (one commit for many accounts),
+/// [`TRANSACTIONS_AT_ONCE`] at a time; returns each transaction's accounts with its outcomes, in order.
+///
+/// Each transaction commits on its own. All of them run before the caller reads any answer: the audit records it
+/// appends are writes too, and awaiting one while a transaction's future sat unpolled in the stream could leave that
+/// transaction holding what the record waits for (SQLite's write gate). If one fails, the caller still accounts for
+/// and flags those that committed, then fails the job: its next run finds their debits already written by this batch.
+async fn post_in_transactions<'a>(
+    store: &Store,
+    per_account: &'a BTreeMap<AccountId, Vec<(usize, Posting)>>,
+) -> Vec<(Vec<AccountDebits<'a>>, Result<Vec<Vec<PostingOutcome>>, JobError>)> {
+    let mut chunks: Vec<Vec<AccountDebits>> = vec![Vec::new()];
+    let mut filled = 0;
+    for (account, postings) in per_account {
+        if filled >= POSTINGS_PER_TRANSACTION {
+            chunks.push(Vec::new());
+            filled = 0;
+        }
+        filled += postings.len();
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push((account, postings));
+        }
+    }
+    let transactions: Vec<_> = chunks
+        .iter()
+        .map(|chunk| {
+            let groups: Vec<Vec<Posting>> = chunk
+                .iter()
+                .map(|(_, postings)| postings.iter().map(|(_, posting)| posting.clone()).collect())
+                .collect();
+            post_transaction(store, groups)
+        })
+        .collect();
+    let mut posted: Vec<_> = stream::iter(transactions).buffered(TRANSACTIONS_AT_ONCE).collect().await;
+    // The stream answers every transaction; should one ever go missing, its accounts fail rather than vanish.
+    posted.resize_with(chunks.len(), || Err(JobError::Transient("a batch transaction went unanswered".to_owned())));
+    chunks.into_iter().zip(posted).collect()
+}
+
+/// One transaction of a batch: its accounts' debits, one group per account.
+async fn post_transaction(store: &Store, groups: Vec<Vec<Posting>>) -> Result<Vec<Vec<PostingOutcome>>, JobError> {
+    Ok(store.post_many_accounts(&groups).await?)
 }
 
 /// Judges and prices every event with its account's rate card at `accepted_at`.

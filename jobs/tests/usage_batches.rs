@@ -1,5 +1,6 @@
 //! Usage batches priced and debited by their job, on both backends: per-event rejections with reasons, duplicates
-//! within and across batches, overdrafts allowed and flagged, and a second run that changes nothing.
+//! within and across batches, overdrafts allowed and flagged, a second run that changes nothing, and batches of
+//! several transactions running side by side.
 
 use creditflow_domain::{AccountId, Millicredits, PostingOutcome, RateCard, UsageEvent};
 use creditflow_jobs::usage_batches::{BatchDeps, PriceUsageBatchV1, price_usage_batch};
@@ -183,6 +184,36 @@ async fn a_batch_whose_job_died_is_failed_until_retried(backend: TestBackend) {
     assert_eq!(done.status, BatchStatus::Completed);
 }
 
+async fn batches_over_many_accounts_run_side_by_side(backend: TestBackend) {
+    let (deps, _database) = deps(backend).await;
+    // 12,000 events over 600 accounts: three transactions per batch, two of them at once; two batches over the
+    // same accounts at the same time, as two workers would run them.
+    let batch = |tag: &str| -> Vec<UsageEvent> {
+        (0..12_000).map(|n| event(&format!("{tag}{n}"), &format!("acct{:03}", n % 600), "m1", 1_000)).collect()
+    };
+    let (first, second) = (batch("a"), batch("b"));
+    let (first_job, second_job) = (submit(&deps, None, &first).await, submit(&deps, None, &second).await);
+    // Part of the second batch's middle transaction was written by an earlier run that died.
+    let card = RateCard::from_toml(CARD).expect("card");
+    let earlier: Vec<_> = second
+        .iter()
+        .filter(|e| e.account_id == "acct300")
+        .map(|e| e.posting(&card, &format!("batch:{}", second_job.batch_id)).expect("valid").expect("costs"))
+        .collect();
+    deps.store.create_account(&AccountId::new("acct300").expect("valid")).await.expect("account");
+    deps.store.post_many(&earlier).await.expect("earlier run");
+    let (a, b) = tokio::join!(price_usage_batch(&first_job, &deps), price_usage_batch(&second_job, &deps));
+    for result in [a.expect("first processed"), b.expect("second processed")] {
+        assert_eq!((result.debited, result.duplicates, result.rejected), (12_000, 0, 0));
+        assert_eq!(result.debited_millicredits, 12_000_000);
+    }
+    for n in [0, 299, 300, 301, 599] {
+        assert_eq!(balance(&deps, &format!("acct{n:03}")).await, -40_000, "acct{n:03}: 20 events of each batch");
+    }
+    let totals = deps.store.ledger_totals(None).await.expect("totals");
+    assert_eq!((totals.balances.get(), totals.entries.get()), (-24_000_000, -24_000_000), "{totals:?}");
+}
+
 macro_rules! on_both_backends {
     ($($test:ident),* $(,)?) => {
         mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(creditflow_testkit::TestBackend::Sqlite).await } )* }
@@ -193,5 +224,6 @@ macro_rules! on_both_backends {
 on_both_backends!(
     a_batch_debits_each_good_event_once,
     a_crash_mid_batch_is_finished_by_the_next_run,
-    a_batch_whose_job_died_is_failed_until_retried
+    a_batch_whose_job_died_is_failed_until_retried,
+    batches_over_many_accounts_run_side_by_side
 );

@@ -186,11 +186,13 @@ mod tests {
         assert!(read <= 10_000, "{read} tuples read to check 5,000 entries");
         sqlx::raw_sql("COMMIT").execute(&mut connection).await.expect("committed");
         // The chain it checks is still the whole rule: a gap and a wrong balance are refused on this plan too.
-        for broken in [entries(5_003, 5_003), "INSERT INTO ledger_entries (id, account_id, sequence, kind, \
+        for broken in [
+            entries(5_003, 5_003),
+            "INSERT INTO ledger_entries (id, account_id, sequence, kind, \
              amount_millicredits, balance_after_millicredits, idempotency_key, created_at) \
              VALUES ('ent-x', 'acct-1', 5002, 'adjustment', 1, 1, 'key-x', now())"
-            .to_owned()]
-        {
+                .to_owned(),
+        ] {
             let error = sqlx::raw_sql(sqlx::AssertSqlSafe(broken.clone())).execute(&mut connection).await;
             let error = error.expect_err(&broken).to_string();
             assert!(error.contains("skips a sequence") || error.contains("breaks the balance chain"), "{error}");

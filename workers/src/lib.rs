@@ -374,10 +374,16 @@ impl AnyJob {
 
 /// A pool whose worker ended with an error is started again (under a fresh name). Without this, a Redis that restarts
 /// empty ends every pool for good ("worker not registered") while the process lives on, taking no jobs. The short
-/// pause keeps a broker that stays down from turning restarts into a busy loop.
+/// pause keeps a broker that stays down from turning restarts into a busy loop. apalis asks from inside its monitor's
+/// poll and restarts at once, so the pause has to block; on a multi-threaded runtime the thread is handed over first
+/// (`block_in_place`), so the other pools, the relay and the API keep running meanwhile.
 fn restart_failed_pool(worker: &WorkerContext, error: &WorkerError) -> bool {
     tracing::warn!(worker = worker.name(), restarts = worker.restarts(), %error, "a worker pool failed; restarting it");
-    std::thread::sleep(Duration::from_millis(200));
+    let pause = || std::thread::sleep(Duration::from_millis(200));
+    match tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(pause),
+        _ => pause(),
+    }
     true
 }
 
