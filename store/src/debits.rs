@@ -22,8 +22,9 @@ use time::OffsetDateTime;
 
 use crate::activations::COUNT_ACTIVATIONS;
 use crate::known::{DebitSettings, KnownAccount};
-use crate::posting::{DebitGuard, LockedAccount, plan_group, write_if_unmoved};
+use crate::posting::{LockedAccount, plan_group};
 use crate::rows::{EntryRow, entries_by_key};
+use crate::unlocked::{DebitGuard, write_if_unmoved};
 use crate::{PostgresStore, Store, StoreError, Timestamp};
 
 /// A usage record to price and debit.
@@ -427,7 +428,8 @@ mod tests {
 
     use super::READ_FOR_DEBIT;
     use crate::Store;
-    use crate::posting::{ENTRIES_BY_ACCOUNT_KEYS, READ_FOR_POSTING};
+    use crate::posting::ENTRIES_BY_ACCOUNT_KEYS;
+    use crate::unlocked::READ_FOR_POSTING;
 
     /// Buffers the top node of `plan` (EXPLAIN's text lines) touched: shared hits plus reads.
     fn buffers(plan: &[String]) -> u64 {

@@ -28,6 +28,7 @@ mod rows;
 mod settings;
 mod stash;
 mod timestamp;
+mod unlocked;
 
 use sqlx::{Pool, Postgres, Sqlite};
 
