@@ -167,6 +167,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
+                self.outbox_written();
             }
             Ok(inserted == 1)
         })

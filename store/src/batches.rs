@@ -205,6 +205,7 @@ impl Store {
                 .await?;
             tx.commit().await?;
         });
+        self.outbox_written();
         let batch = UsageBatch {
             id,
             submitted_by: submitted_by.to_owned(),

@@ -52,6 +52,7 @@ impl Store {
                 pool,
                 write_gate: Arc::default(),
                 cards: crate::activations::CardCache::default(),
+                wake: Arc::default(),
             }))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?.application_name("creditflow");
@@ -80,6 +81,7 @@ impl Store {
                 stash,
                 cards: crate::activations::CardCache::default(),
                 known: std::sync::Arc::default(),
+                wake: Arc::default(),
             }))
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))

@@ -79,7 +79,11 @@ impl Store {
                 .execute(&store.pool)
                 .await?
                 .rows_affected();
-            return Ok(if queued == 1 { Received::New } else { Received::Duplicate });
+            if queued == 0 {
+                return Ok(Received::Duplicate);
+            }
+            self.outbox_written();
+            return Ok(Received::New);
         }
         on_backend!(write self, |tx, _dialect| {
             let inserted = sqlx::query(insert)
@@ -101,6 +105,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
+            self.outbox_written();
             Ok(Received::New)
         })
     }
@@ -184,6 +189,7 @@ impl Store {
         on_backend!(self, |pool, _dialect| {
             sqlx::query(sql).bind(queue).bind(payload).bind(Timestamp::now()).bind(dedupe_key).execute(pool).await?;
         });
+        self.outbox_written();
         Ok(())
     }
 }

@@ -402,6 +402,9 @@ impl Store {
                     .await?;
             }
             tx.commit().await?;
+            if !rows.is_empty() {
+                self.outbox_written();
+            }
             Ok(rows.into_iter().map(|(id, queue, payload)| QueuedJob { id, queue, payload }).collect())
         })
     }
@@ -503,6 +506,9 @@ impl Store {
                     .await?;
             }
             tx.commit().await?;
+            if to == JobState::Pending {
+                self.outbox_written();
+            }
             job.state = to;
             job.attempts = attempts;
             job.updated_at = now.get();

@@ -29,6 +29,7 @@ mod settings;
 mod stash;
 mod timestamp;
 mod unlocked;
+mod wake;
 
 use sqlx::{Pool, Postgres, Sqlite};
 
@@ -91,6 +92,8 @@ pub struct SqliteStore {
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Rate card activations and parsed versions, copied once per process.
     cards: activations::CardCache,
+    /// Wakes the outbox relay after a write (see `wake.rs`).
+    wake: std::sync::Arc<wake::OutboxWake>,
 }
 
 /// The PostgreSQL backend.
@@ -103,6 +106,8 @@ pub struct PostgresStore {
     cards: activations::CardCache,
     /// What this process's last write to each account left (see `known.rs`).
     known: std::sync::Arc<known::KnownAccounts>,
+    /// Wakes the outbox relays after a write, this process's and the others' (see `wake.rs`).
+    wake: std::sync::Arc<wake::OutboxWake>,
 }
 
 /// The SQL that differs between backends.

@@ -276,21 +276,37 @@ impl Store {
         Err(StoreError::Contention(account.unwrap_or_default()))
     }
 
+    /// One attempt of [`Store::post_groups_locked`]: one transaction for every group.
     async fn post_groups_once(
         &self,
         groups: &[&[Posting]],
         audit: Option<&NewAuditRecord>,
     ) -> Result<Vec<Vec<PostingOutcome>>, StoreError> {
-        let store = match self {
-            Self::Postgres(store) => return post_groups_postgres(&store.pool, groups, audit).await,
-            Self::Sqlite(store) => store,
-        };
-        // SQLite: statements are calls into this process, so a few per account cost little.
+        match self {
+            Self::Postgres(store) => {
+                let (outcomes, queued) = post_groups_postgres(&store.pool, groups, audit).await?;
+                if queued {
+                    self.outbox_written();
+                }
+                Ok(outcomes)
+            }
+            Self::Sqlite(store) => self.post_groups_sqlite(store, groups, audit).await,
+        }
+    }
+
+    /// [`Store::post_groups_once`] on SQLite, whose statements are calls into this process: a few per account cost
+    /// little.
+    async fn post_groups_sqlite(
+        &self,
+        store: &crate::SqliteStore,
+        groups: &[&[Posting]],
+        audit: Option<&NewAuditRecord>,
+    ) -> Result<Vec<Vec<PostingOutcome>>, StoreError> {
         let _gate = store.write_gate.lock().await;
         let mut tx = store.pool.begin_with(crate::SQLITE.begin_write.unwrap_or("BEGIN")).await?;
         {
             let mut all = Vec::with_capacity(groups.len());
-            let mut wrote = false;
+            let (mut wrote, mut queued) = (false, false);
             for postings in groups {
                 let Some(first) = postings.first() else {
                     all.push(Vec::new());
@@ -372,11 +388,15 @@ impl Store {
                 }
                 let insert = "INSERT INTO outbox (queue, payload, created_at, dedupe_key) VALUES ($1, $2, $3, $4)";
                 for (queue, payload, dedupe_key) in notices {
+                    queued = true;
                     sqlx::query(insert).bind(queue).bind(payload).bind(now).bind(dedupe_key).execute(&mut *tx).await?;
                 }
             }
             if wrote {
                 tx.commit().await?;
+                if queued {
+                    self.outbox_written();
+                }
             }
             // Otherwise dropping the transaction rolls it back: nothing was written.
             Ok(all)
@@ -574,12 +594,13 @@ impl<'a> EntryArrays<'a> {
 /// PostgreSQL: one transaction for `groups` (one account each, no account twice) with the same few statements
 /// however many accounts and postings it holds: lock every account, look up every key, append every entry, set
 /// every balance, then the outbox messages and autoreload requests the plans call for. A usage batch spread over a
-/// thousand accounts costs a handful of round trips, not four per account.
+/// thousand accounts costs a handful of round trips, not four per account. Also says whether it wrote outbox
+/// messages.
 async fn post_groups_postgres(
     pool: &sqlx::PgPool,
     groups: &[&[Posting]],
     audit: Option<&NewAuditRecord>,
-) -> Result<Vec<Vec<PostingOutcome>>, StoreError> {
+) -> Result<(Vec<Vec<PostingOutcome>>, bool), StoreError> {
     let mut tx = pool.begin_with(crate::POSTGRES.begin_write.unwrap_or("BEGIN")).await?;
     let ids: Vec<&str> = groups.iter().filter_map(|group| group.first()).map(|p| p.account_id.as_str()).collect();
     let locked: Vec<LockedAccountRow> = sqlx::query_as(LOCK_ACCOUNTS).bind(&ids).fetch_all(&mut *tx).await?;
@@ -634,25 +655,25 @@ async fn post_groups_postgres(
     }
     if moved.is_empty() {
         // Nothing to write; dropping the transaction rolls it back.
-        return Ok(all);
+        return Ok((all, false));
     }
-    write_postgres_plans(&mut tx, &plans, (&entries, &moved, &balances, &sequences), audit, now).await?;
+    let queued = write_postgres_plans(&mut tx, &plans, (&entries, &moved, &balances, &sequences), audit, now).await?;
     tx.commit().await?;
-    Ok(all)
+    Ok((all, queued))
 }
 
 /// What [`post_groups_postgres`] planned for one account: its entries, outbox messages and autoreload trigger.
 type PlannedWrites = (Vec<Entry>, Vec<(&'static str, String, Option<String>)>, Option<String>);
 
 /// The writes of [`post_groups_postgres`]: every entry, every balance, the audit record, autoreload requests and
-/// outbox messages.
+/// outbox messages; true when it wrote outbox messages.
 async fn write_postgres_plans(
     tx: &mut sqlx::PgConnection,
     plans: &[PlannedWrites],
     (entries, moved, balances, sequences): (&EntryArrays<'_>, &[&str], &[i64], &[i64]),
     audit: Option<&NewAuditRecord>,
     now: Timestamp,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     sqlx::query(INSERT_ENTRY_ARRAYS)
         .bind(&entries.ids)
         .bind(&entries.accounts)
@@ -703,7 +724,7 @@ async fn write_postgres_plans(
             .execute(&mut *tx)
             .await?;
     }
-    Ok(())
+    Ok(!notices.is_empty())
 }
 
 /// Applies the domain's rules to each posting in order, as if each were posted alone: a later posting sees the

@@ -194,6 +194,9 @@ impl Store {
                     .await?;
             }
             tx.commit().await?;
+            if Timestamp::from(effective_at) > now {
+                self.outbox_written();
+            }
             Ok(())
         })
     }

@@ -497,6 +497,7 @@ impl Store {
                 .await?;
             tx.commit().await?;
         });
+        self.outbox_written();
         Ok(())
     }
 

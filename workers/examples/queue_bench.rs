@@ -3,7 +3,7 @@
 //! What is production's here: the queue is opened with [`redis_queue_config`] (the apalis-redis settings
 //! `Queues::open_with` gives every queue: key layout, heartbeat, missed beats, and apalis's defaults for batch size,
 //! task locking, stored results and events) on a connection from `apalis_redis::connect`, jobs are pushed one at a
-//! time as the outbox relay pushes them, and the worker pool is [`worker_builder`]'s (200 ms idle poll, concurrency
+//! time as the outbox relay pushes them, and the worker pool is [`worker_builder`]'s (100 ms idle poll, concurrency
 //! limit, in-process retry with production's default backoff) under a `Monitor` with the default shutdown grace, on
 //! a multi-threaded tokio runtime with one thread per core like the `creditflow` binary's.
 //!
@@ -222,7 +222,7 @@ async fn measure(args: &Args, connection: ConnectionManager, records: Option<Sto
     // Futures do nothing until awaited: the workers start where `workers` is first polled.
     let workers = Monitor::new()
         .register(move |_restarts: usize| {
-            worker_builder("bench-noop", worker_storage.clone(), concurrency, retries, &backoff)
+            worker_builder("bench-noop", worker_storage.clone(), None, concurrency, retries, &backoff)
                 .data(worker_log.clone())
                 .build(noop)
         })

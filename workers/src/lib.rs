@@ -16,6 +16,7 @@ mod scheduler;
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::layers::limit::ConcurrencyLimitLayer;
@@ -39,7 +40,7 @@ use creditflow_store::{
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 pub use creditflow_jobs::webhooks::WEBHOOKS_QUEUE;
-pub use poll::IdlePoll;
+pub use poll::{IdlePoll, Nudge};
 pub use relay::relay_once;
 pub use scheduler::{schedule_hours, schedule_once, schedule_report};
 
@@ -104,6 +105,9 @@ impl Default for WorkerSettings {
 #[derive(Clone, Debug)]
 pub struct Queues {
     backend: QueueBackend,
+    /// Each queue's nudge: the relay gives it after pushing to the queue, and that queue's pool in this process polls
+    /// at once.
+    nudges: Arc<HashMap<&'static str, Arc<Nudge>>>,
 }
 
 // One per process, created once and cloned rarely: the size difference between the variants costs nothing.
@@ -217,7 +221,7 @@ impl Queues {
                 scheduled,
                 reports,
             };
-            return Ok(Self { backend });
+            return Ok(Self::with_nudges(backend));
         }
         if !url.starts_with("sqlite:") || url.contains(":memory:") {
             return Err(QueueError::UnsupportedUrl(url.to_owned()));
@@ -237,7 +241,24 @@ impl Queues {
         let reports = SqliteStorage::new(&pool).with_config(config(REPORTS_QUEUE));
         let backend =
             QueueBackend::Sqlite { pool, stripe_events, emails, webhooks, batches, autoreloads, scheduled, reports };
-        Ok(Self { backend })
+        Ok(Self::with_nudges(backend))
+    }
+
+    fn with_nudges(backend: QueueBackend) -> Self {
+        let nudges = creditflow_store::JOB_QUEUES.iter().map(|queue| (*queue, Arc::default())).collect();
+        Self { backend, nudges: Arc::new(nudges) }
+    }
+
+    /// The nudge of `queue`'s pool in this process.
+    fn nudge_for(&self, queue: &str) -> Option<Arc<Nudge>> {
+        self.nudges.get(queue).cloned()
+    }
+
+    /// Wakes `queue`'s pool in this process: a job was just pushed to it.
+    pub(crate) fn nudge(&self, queue: &str) {
+        if let Some(nudge) = self.nudges.get(queue) {
+            nudge.give();
+        }
     }
 
     /// apalis's own task counts of `queue` by status, from the embedded queue's table (`None` on Redis, whose apalis
@@ -325,12 +346,13 @@ pub fn retry_backoff(settings: &WorkerSettings) -> Result<ExponentialBackoffMake
 
 /// A worker as [`run`] builds one for each queue, up to its handler's data and the handler: named `name` plus a
 /// fresh unique suffix (apalis refuses a name it saw within the heartbeat window, so a restarted worker needs a new
-/// one), polling `storage` again every 100 ms when it finds nothing (see [`IdlePoll`]), running at most `concurrency`
-/// jobs at once and retrying a failed job up to `retries` times in process with `backoff`. Public so that a benchmark
-/// runs a job of its own through the same worker as production's.
+/// one), polling `storage` again every 100 ms when it finds nothing and whenever `nudge` is given (see [`IdlePoll`]),
+/// running at most `concurrency` jobs at once and retrying a failed job up to `retries` times in process with
+/// `backoff`. Public so that a benchmark runs a job of its own through the same worker as production's.
 pub fn worker_builder<S>(
     name: &str,
     storage: S,
+    nudge: Option<Arc<Nudge>>,
     concurrency: usize,
     retries: usize,
     backoff: &ExponentialBackoffMaker,
@@ -338,8 +360,12 @@ pub fn worker_builder<S>(
 where
     S: Backend + BackendConfig,
 {
+    let poll = match nudge {
+        Some(nudge) => IdlePoll::every(POLL_INTERVAL).nudged_by(nudge),
+        None => IdlePoll::every(POLL_INTERVAL),
+    };
     WorkerBuilder::new(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
-        .backend(storage.poll_with_strategy(IdlePoll::every(POLL_INTERVAL)))
+        .backend(storage.poll_with_strategy(poll))
         .concurrency(concurrency)
         .retry(RetryPolicy::retries(retries).with_backoff(backoff.clone().make_backoff()))
 }
@@ -408,11 +434,11 @@ pub async fn run(
     let tracker = handlers::Tracker { store: store_for_tracker, max_attempts };
     // The same workers on either storage; a fresh, unique name on every (re)start (see `worker_builder`).
     macro_rules! worker {
-        ($storage:expr, $name:literal, $handler:path, $data:expr, $concurrency:expr) => {{
+        ($storage:expr, $queue:expr, $handler:path, $data:expr, $concurrency:expr) => {{
             let (storage, data, backoff, retry) = ($storage, $data, backoff.clone(), retry.clone());
-            let tracker = tracker.clone();
+            let (tracker, nudge) = (tracker.clone(), queues.nudge_for($queue));
             move |_restarts: usize| {
-                worker_builder($name, storage.clone(), $concurrency, retry.retries, &backoff)
+                worker_builder($queue, storage.clone(), nudge.clone(), $concurrency, retry.retries, &backoff)
                     .data(data.clone())
                     .data(tracker.clone())
                     .build($handler)
@@ -428,43 +454,43 @@ pub async fn run(
         handlers.scheduled,
         handlers.reports,
     );
-    // One pool per queue, the same on either storage.
+    // One pool per queue, named after it, the same on either storage.
     macro_rules! pools {
         ($stripe_events:expr, $emails:expr, $webhooks:expr, $batches:expr, $autoreloads:expr, $scheduled:expr,
          $reports:expr) => {
             Monitor::new()
                 .register(worker!(
                     $stripe_events.clone(),
-                    "stripe-events",
+                    STRIPE_EVENTS_QUEUE,
                     handlers::stripe_event,
                     stripe_deps,
                     retry.stripe_concurrency
                 ))
-                .register(worker!($emails.clone(), "emails", handlers::email, email_deps, retry.email_concurrency))
+                .register(worker!($emails.clone(), EMAILS_QUEUE, handlers::email, email_deps, retry.email_concurrency))
                 .register(worker!(
                     $webhooks.clone(),
-                    "webhooks",
+                    WEBHOOKS_QUEUE,
                     handlers::webhook,
                     webhook_deps,
                     retry.webhook_concurrency
                 ))
                 .register(worker!(
                     $batches.clone(),
-                    "usage-batches",
+                    USAGE_BATCHES_QUEUE,
                     handlers::usage_batch,
                     batch_deps,
                     retry.batch_concurrency
                 ))
                 .register(worker!(
                     $autoreloads.clone(),
-                    "autoreloads",
+                    AUTORELOADS_QUEUE,
                     handlers::autoreload,
                     autoreload_deps,
                     retry.autoreload_concurrency
                 ))
-                .register(worker!($scheduled.clone(), "scheduled", handlers::scheduled, scheduled_deps, 1))
+                .register(worker!($scheduled.clone(), SCHEDULED_QUEUE, handlers::scheduled, scheduled_deps, 1))
                 // One report at a time per worker: a report is heavy, and one date's is one job.
-                .register(worker!($reports.clone(), "reports", handlers::report, report_deps, 1))
+                .register(worker!($reports.clone(), REPORTS_QUEUE, handlers::report, report_deps, 1))
         };
     }
     let monitor = match &queues.backend {
@@ -483,14 +509,11 @@ pub async fn run(
         Ok(())
     };
     let result = monitor.run_with_signal(signal).await.map_err(std::io::Error::other);
-    if let Err(error) = relay.await {
-        tracing::error!(%error, "the outbox relay ended abnormally");
-    }
-    if let Err(error) = scheduler.await {
-        tracing::error!(%error, "the scheduler ended abnormally");
-    }
-    if let Err(error) = requeue.await {
-        tracing::error!(%error, "the stalled-job sweep ended abnormally");
+    for (task, name) in [(relay, "the outbox relay"), (scheduler, "the scheduler"), (requeue, "the stalled-job sweep")]
+    {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "{name} ended abnormally");
+        }
     }
     result
 }

@@ -1,5 +1,6 @@
 //! The outbox relay: outbox rows to queued jobs, at least once.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,8 @@ const BATCH: i64 = 500;
 /// than that, pushed faster than the workers take it, would stop the queue for good. Held back, the burst waits in
 /// the outbox (in the database, safe) and is relayed as the workers take jobs.
 const WAITING_MAX: i64 = 2_000;
-/// How long the relay waits after a pass that found nothing: the other part of the time from an outbox row to its job.
+/// How long the relay waits after a pass that found nothing, unless a write of this process, or a notification of
+/// another's, wakes it earlier (`Store::outbox_written_or`): the fallback for a notification that was lost.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 const ERROR_WAIT: Duration = Duration::from_secs(1);
 
@@ -74,11 +76,19 @@ pub async fn relay_once(store: &Store, queues: &Queues, endpoints: &[WebhookEndp
         futures_util::stream::iter(sends).buffered(queues.pushes_at_once()).collect().await;
     let mut failure = None;
     let mut relayed = Vec::with_capacity(pass.len());
+    let mut pushed_to = HashSet::new();
     for ((id, _, records), result) in pass.iter().zip(pushed) {
         match result {
-            Ok(()) => relayed.push((*id, records.as_slice())),
+            Ok(()) => {
+                relayed.push((*id, records.as_slice()));
+                pushed_to.extend(records.iter().map(|job| job.queue.as_str()));
+            }
             Err(error) => failure = failure.or(Some(error)),
         }
+    }
+    // This process's pools of those queues look for the jobs now rather than on their next tick.
+    for queue in pushed_to {
+        queues.nudge(queue);
     }
     store.mark_outbox_many_relayed_as(&relayed).await.map_err(|e| e.to_string())?;
     match failure {
@@ -121,25 +131,48 @@ async fn set_aside(store: &Store, id: i64, why: &str) -> Result<(), String> {
     store.mark_outbox_relayed(id).await.map_err(|e| e.to_string())
 }
 
-/// Relays until `stop` says so.
+/// Relays until `stop` says so. Other processes' outbox writes wake it through the store's listener, which runs
+/// beside it for as long.
 pub(crate) async fn run(
     store: Store,
     queues: Queues,
     endpoints: Arc<Vec<WebhookEndpoint>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let listener = {
+        let (store, mut stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            store
+                .listen_for_outbox(async move {
+                    while !*stop.borrow_and_update() {
+                        if stop.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .await;
+        })
+    };
     loop {
-        let wait = match relay_once(&store, &queues, &endpoints).await {
-            Ok(count) if count > 0 => Duration::ZERO,
-            Ok(_) => IDLE_WAIT,
-            Err(error) => {
-                tracing::warn!(%error, "outbox relay failed; retrying");
-                ERROR_WAIT
-            }
-        };
-        tokio::select! {
-            changed = stop.changed() => if changed.is_err() || *stop.borrow() { return },
-            () = tokio::time::sleep(wait) => {}
+        if *stop.borrow() {
+            break;
         }
+        let wait: std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> =
+            match relay_once(&store, &queues, &endpoints).await {
+                Ok(count) if count > 0 => continue,
+                Ok(_) => Box::pin(store.outbox_written_or(IDLE_WAIT)),
+                // Not cut short by writes: a broker that is down would be asked again at the rate of the writes.
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay failed; retrying");
+                    Box::pin(tokio::time::sleep(ERROR_WAIT))
+                }
+            };
+        tokio::select! {
+            changed = stop.changed() => if changed.is_err() || *stop.borrow() { break },
+            () = wait => {}
+        }
+    }
+    if let Err(error) = listener.await {
+        tracing::error!(%error, "the outbox listener ended abnormally");
     }
 }
