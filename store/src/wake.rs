@@ -95,12 +95,19 @@ impl Store {
     }
 
     /// On PostgreSQL, turns other processes' notifications of outbox writes into wake-ups of
-    /// [`Store::outbox_written_or`] until `stop` resolves; holds one connection of the pool meanwhile. On SQLite, whose
-    /// writers share this process, returns once `stop` resolves.
+    /// [`Store::outbox_written_or`] until `stop` resolves, on a connection of its own (made with the pool's settings
+    /// but outside it, so that a pool of one connection is not left with none). On SQLite, whose writers share this
+    /// process, returns once `stop` resolves.
     pub async fn listen_for_outbox(&self, stop: impl Future<Output = ()>) {
         let Self::Postgres(store) = self else { return stop.await };
         let wake = store.wake.clone();
-        let pool = store.pool.clone();
+        let options = (*store.pool.connect_options()).clone();
+        // PgListener reconnects through a pool: this one holds the listening connection and nothing else.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with(options);
         let listen = async move {
             loop {
                 let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
@@ -169,11 +176,12 @@ mod tests {
     }
 
     /// Another process's outbox write wakes a listening process's relay through PostgreSQL; the listener's own
-    /// notifications do not wake it a second time. Two stores on one database stand for the two processes.
+    /// notifications do not wake it a second time. Two stores on one database stand for the two processes; the
+    /// listening one has a pool of one connection, which the listener must leave to the store's queries.
     #[tokio::test]
     async fn another_process_s_write_wakes_a_listening_relay() {
         let database = TestDatabase::new(TestBackend::Postgres).await;
-        let relay = Store::connect(&database.url, 2).await.expect("connect");
+        let relay = Store::connect(&database.url, 1).await.expect("connect");
         let api = Store::connect(&database.url, 2).await.expect("connect");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let listener = {
@@ -182,6 +190,8 @@ mod tests {
         };
         // The listener wakes the relay once when it starts listening: anything written before was not heard.
         relay.outbox_written_or(Duration::from_secs(30)).await;
+        // The store's own connection is free for its queries (its pool waits 1 s for one, then fails).
+        assert!(relay.unrelayed_outbox(10).await.expect("the pool's one connection is free").is_empty());
         for round in 0..5 {
             api.outbox_written();
             let started = Instant::now();
