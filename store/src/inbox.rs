@@ -186,10 +186,13 @@ impl Store {
     pub async fn enqueue_once(&self, queue: &str, payload: &str, dedupe_key: &str) -> Result<(), StoreError> {
         let sql = "INSERT INTO outbox (queue, payload, created_at, dedupe_key) VALUES ($1, $2, $3, $4) \
                    ON CONFLICT (dedupe_key) DO NOTHING";
-        on_backend!(self, |pool, _dialect| {
-            sqlx::query(sql).bind(queue).bind(payload).bind(Timestamp::now()).bind(dedupe_key).execute(pool).await?;
+        let inserted = on_backend!(self, |pool, _dialect| {
+            let query = sqlx::query(sql).bind(queue).bind(payload).bind(Timestamp::now()).bind(dedupe_key);
+            query.execute(pool).await?.rows_affected()
         });
-        self.outbox_written();
+        if inserted > 0 {
+            self.outbox_written();
+        }
         Ok(())
     }
 }

@@ -175,6 +175,40 @@ mod tests {
         }
     }
 
+    /// The writes that add outbox rows wake the relay once they commit; one that adds none (a duplicate) does not.
+    #[tokio::test]
+    async fn writes_that_queue_jobs_wake_the_relay_and_duplicates_do_not() {
+        for backend in [TestBackend::Sqlite, TestBackend::Postgres] {
+            let database = TestDatabase::new(backend).await;
+            let store = Store::connect(&database.url, 2).await.expect("connect");
+            store.migrate().await.expect("migrate");
+            let woken = |timeout: Duration| {
+                let store = store.clone();
+                async move {
+                    let started = Instant::now();
+                    store.outbox_written_or(timeout).await;
+                    started.elapsed() < timeout
+                }
+            };
+            let event = crate::ReceivedEvent {
+                id: "evt_wake",
+                event_type: "payment_intent.succeeded",
+                livemode: false,
+                payload: "{}",
+            };
+            assert_eq!(store.receive_stripe_event(&event).await.expect("stored"), crate::Received::New);
+            assert!(woken(Duration::from_secs(30)).await, "{backend:?}: a new Stripe event woke the relay");
+            assert_eq!(store.receive_stripe_event(&event).await.expect("stored"), crate::Received::Duplicate);
+            assert!(!woken(Duration::from_millis(300)).await, "{backend:?}: a duplicate event woke the relay");
+            store.enqueue_once("emails", "{}", "wake-once").await.expect("queued");
+            assert!(woken(Duration::from_secs(30)).await, "{backend:?}: a job queued once woke the relay");
+            store.enqueue_once("emails", "{}", "wake-once").await.expect("queued");
+            assert!(!woken(Duration::from_millis(300)).await, "{backend:?}: a job already queued woke the relay");
+            store.submit_usage_batch("svc", None, "[]", 0).await.expect("accepted");
+            assert!(woken(Duration::from_secs(30)).await, "{backend:?}: an accepted batch woke the relay");
+        }
+    }
+
     /// Another process's outbox write wakes a listening process's relay through PostgreSQL; the listener's own
     /// notifications do not wake it a second time. Two stores on one database stand for the two processes; the
     /// listening one has a pool of one connection, which the listener must leave to the store's queries.
