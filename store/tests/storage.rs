@@ -49,6 +49,7 @@ storage_suite!(
     invalid_postings_fail_before_touching_storage,
     database_refuses_update_and_delete_of_entries,
     database_refuses_an_entry_that_breaks_the_chain,
+    database_refuses_entries_for_missing_accounts_and_keeps_accounts,
     concurrent_debits_never_overdraw,
     concurrent_retries_of_one_key_create_one_entry,
     adjustments_write_entry_and_audit_together,

@@ -225,6 +225,57 @@ pub(crate) async fn database_refuses_an_entry_that_breaks_the_chain(db: &Db) {
     assert_eq!(db.raw_execute(&two_rows).await, Ok(2), "{two_rows}");
 }
 
+pub(crate) async fn database_refuses_entries_for_missing_accounts_and_keeps_accounts(db: &Db) {
+    let id = db.account_with("acct_kept", 1_000).await;
+    db.account_with("acct_empty", 0).await;
+    let insert = |account: &str, sequence: i64, balance_after: i64| {
+        format!(
+            "INSERT INTO ledger_entries (id, account_id, sequence, kind, amount_millicredits, \
+             balance_after_millicredits, idempotency_key, created_at) VALUES ('ent_{account}{sequence}', \
+             '{account}', {sequence}, 'adjustment', 500, {balance_after}, 'k{account}{sequence}', \
+             '2026-01-01T00:00:00.000000Z')"
+        )
+    };
+    // An entry opening the chain of an account that does not exist, alone or beside a valid entry, is refused; so is
+    // one that would continue such a chain.
+    let beside_valid = format!(
+        "{}, {}",
+        insert("acct_kept", 2, 1_500),
+        insert("acct_ghost", 1, 500).split_once(" VALUES ").map(|(_, row)| row.to_owned()).unwrap_or_default()
+    );
+    for sql in [insert("acct_ghost", 1, 500), beside_valid, insert("acct_ghost", 2, 1_000)] {
+        let error = db.raw_execute(&sql).await.expect_err(&sql);
+        let refused = ["does not exist", "FOREIGN KEY", "skips", "chain"].iter().any(|why| error.contains(why));
+        assert!(refused, "{sql}: {error}");
+    }
+    // Accounts are never deleted or renamed, with entries or without; other changes to them stay allowed.
+    let statements = [
+        "DELETE FROM accounts WHERE id = 'acct_kept'",
+        "DELETE FROM accounts WHERE id = 'acct_empty'",
+        "DELETE FROM accounts",
+        "UPDATE accounts SET id = 'acct_moved' WHERE id = 'acct_kept'",
+        "UPDATE accounts SET id = 'acct_moved' WHERE id = 'acct_empty'",
+    ];
+    for sql in statements {
+        let error = db.raw_execute(sql).await.expect_err(sql);
+        assert!(error.contains("never removed or renamed"), "{sql}: {error}");
+    }
+    if db.database.url.starts_with("postgres") {
+        let error = db.raw_execute("TRUNCATE accounts CASCADE").await.expect_err("truncate");
+        assert!(error.contains("never removed or renamed"), "{error}");
+    }
+    assert_eq!(db.raw_execute("UPDATE accounts SET id = id WHERE id = 'acct_kept'").await, Ok(1));
+    assert_eq!(db.raw_execute("UPDATE accounts SET status = 'frozen' WHERE id = 'acct_empty'").await, Ok(1));
+    db.assert_balance(&id, 1_000).await;
+    // A chain that opens on an existing account is accepted, in the same statement as its continuation.
+    let opening = format!(
+        "{}, {}",
+        insert("acct_empty", 1, 500),
+        insert("acct_empty", 2, 1_000).split_once(" VALUES ").map(|(_, row)| row.to_owned()).unwrap_or_default()
+    );
+    assert_eq!(db.raw_execute(&opening).await, Ok(2), "{opening}");
+}
+
 pub(crate) async fn concurrent_debits_never_overdraw(db: &Db) {
     // 64 tasks each debit 1,000 from 10,500: exactly ten fit.
     let id = db.account_with("acct_race", 10_500).await;
