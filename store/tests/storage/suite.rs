@@ -713,4 +713,29 @@ pub(crate) async fn many_accounts_post_in_one_transaction_without_deadlock(db: &
         (notices[0]["accountId"].as_str(), notices[0]["balanceMillicredits"].as_i64()),
         (Some("acct_Mx"), Some(400))
     );
+    // A transaction that meets keys taken by earlier ones (a usage batch run again) answers them as replays beside
+    // the new postings it writes: PostgreSQL first writes as if every key were new, then looks them up and tries again.
+    let again: Vec<Vec<Posting>> = ids
+        .iter()
+        .map(|id| vec![usage(id, "a", 4_000), usage(id, "fresh", 10), usage(id, "b", 4_000), usage(id, "t3", 10)])
+        .collect();
+    let outcomes = db.store.post_many_accounts(&again).await.expect("posted");
+    for (id, outcomes) in ids.iter().zip(&outcomes) {
+        assert!(
+            matches!(
+                outcomes[..],
+                [
+                    PostingOutcome::Exists(_),
+                    PostingOutcome::Created(_),
+                    PostingOutcome::Exists(_),
+                    PostingOutcome::Exists(_)
+                ]
+            ),
+            "{outcomes:?}"
+        );
+        let spent_before = if *id == ids[0] { 80 + 20 } else { 80 };
+        db.assert_balance(id, 2_000 - spent_before - 10).await;
+    }
+    let replayed = db.store.post_many_accounts(&again).await.expect("posted");
+    assert!(replayed.iter().flatten().all(|outcome| matches!(outcome, PostingOutcome::Exists(_))), "{replayed:?}");
 }
