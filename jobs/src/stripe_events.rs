@@ -201,8 +201,10 @@ async fn refund(charge: &Value, previous: &Value, deps: &Deps) -> Result<Process
             details: serde_json::json!({"entryId": entry.id, "balanceMillicredits": entry.balance_after.get()})
                 .to_string(),
         };
-        deps.store.append_audit(&record).await?;
-        tracing::warn!(account = %purchase.account_id, entry = %entry.id, "refund left a negative balance");
+        // A redelivered refund finds its entry again and flags it once.
+        if deps.store.append_audit_once(&record).await? {
+            tracing::warn!(account = %purchase.account_id, entry = %entry.id, "refund left a negative balance");
+        }
     }
     Ok(Processed::Refunded(entry.id))
 }

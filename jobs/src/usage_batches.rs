@@ -100,12 +100,7 @@ pub async fn price_usage_batch(job: &PriceUsageBatchV1, deps: &BatchDeps) -> Res
             for ((index, _), outcome) in postings.iter().zip(outcomes) {
                 let index = *index;
                 let entry = match outcome {
-                    PostingOutcome::Created(entry) => {
-                        if entry.balance_after.is_negative() {
-                            overdrawn += 1;
-                        }
-                        entry
-                    }
+                    PostingOutcome::Created(entry) => entry,
                     // Written by an earlier run of this batch.
                     PostingOutcome::Exists(entry) | PostingOutcome::ExistsWithDifferentContent(entry)
                         if entry.source_ref.as_deref() == Some(batch_ref.as_str()) =>
@@ -131,6 +126,7 @@ pub async fn price_usage_batch(job: &PriceUsageBatchV1, deps: &BatchDeps) -> Res
                 result.debited += 1;
                 if entry.balance_after.is_negative() {
                     result.overdrafts += 1;
+                    overdrawn += 1;
                 }
                 debited = debited
                     .checked_sub(entry.amount)
@@ -144,7 +140,9 @@ pub async fn price_usage_batch(job: &PriceUsageBatchV1, deps: &BatchDeps) -> Res
                     reason: Some(format!("usage batch {} took the balance below zero", batch.id)),
                     details: serde_json::json!({"batchId": batch.id, "overdrawnDebits": overdrawn}).to_string(),
                 };
-                store.append_audit(&record).await?;
+                // Counted over this batch's entries, new or written by an earlier run, so a run that follows a
+                // crash between an account's commit and its flag raises the same flag, and only once.
+                store.append_audit_once(&record).await?;
             }
         }
     }

@@ -148,11 +148,32 @@ async fn a_crash_mid_batch_is_finished_by_the_next_run(backend: TestBackend) {
         .collect();
     deps.store.create_account(&AccountId::new("acct3").expect("valid")).await.expect("account");
     deps.store.post_many(&postings).await.expect("partial run");
+    // It died after acct3's debits committed and before their flag (every account goes below zero here); and
+    // acct5's debits are not written yet, but a flag that names this batch already exists for it (as a run that
+    // died after flagging would leave it).
+    let flag_of = |account: &str| NewAuditRecord {
+        actor: "system:usage-batches".into(),
+        action: "account.flag_negative_balance".into(),
+        subject: account.into(),
+        reason: Some(format!("usage batch {} took the balance below zero", job.batch_id)),
+        details: "{}".into(),
+    };
+    assert!(deps.store.append_audit_once(&flag_of("acct5")).await.expect("flag"));
+    assert!(!deps.store.append_audit_once(&flag_of("acct5")).await.expect("flag"), "a second copy is not appended");
     let result = price_usage_batch(&job, &deps).await.expect("processed");
     assert_eq!(
-        (result.debited, result.duplicates, result.rejected),
-        (3_000, 0, 0),
+        (result.debited, result.duplicates, result.rejected, result.overdrafts),
+        (3_000, 0, 0, 3_000),
         "the earlier debits are this batch's"
+    );
+    let audit = deps.store.audit_log(None, 100).await.expect("audit");
+    let mut flagged: Vec<&str> =
+        audit.iter().filter(|r| r.action == "account.flag_negative_balance").map(|r| r.subject.as_str()).collect();
+    flagged.sort_unstable();
+    assert_eq!(
+        flagged,
+        ["acct0", "acct1", "acct2", "acct3", "acct4", "acct5", "acct6"],
+        "each account flagged once, acct3 too"
     );
     assert_eq!(result.debited_millicredits, 3_000_000);
     for n in 0..7 {

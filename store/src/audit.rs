@@ -52,6 +52,11 @@ struct AuditRow {
 pub(crate) const INSERT_AUDIT: &str =
     "INSERT INTO audit_log (at, actor, action, subject, reason, details) VALUES ($1, $2, $3, $4, $5, $6)";
 
+/// [`INSERT_AUDIT`] unless a record with the same action, subject and reason exists (index `audit_log_subject_action`).
+const INSERT_AUDIT_ONCE: &str = "INSERT INTO audit_log (at, actor, action, subject, reason, details) \
+     SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM audit_log \
+     WHERE subject = $4 AND action = $3 AND reason IS NOT DISTINCT FROM $5)";
+
 /// Appends `$record` at `$now` inside the open transaction `$tx` (a macro so one body serves both backends).
 macro_rules! insert_audit {
     ($tx:expr, $record:expr, $now:expr) => {
@@ -76,6 +81,37 @@ impl Store {
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// Appends a record unless one with the same action, subject and reason is already in the log; says whether it
+    /// appended. For flags a job may raise again when it runs a second time (after a crash between its write and
+    /// the flag, or a redelivery): the reason names the cause (the batch, the charge), so each cause is flagged
+    /// once. On PostgreSQL two writers of the same record wait for each other, so they cannot both append it.
+    pub async fn append_audit_once(&self, record: &NewAuditRecord) -> Result<bool, StoreError> {
+        let now = Timestamp::now();
+        let appended = on_backend!(write self, |tx, _dialect| {
+            if matches!(self, Self::Postgres(_)) {
+                // Read committed: the insert below runs after the lock is held, so it sees what a writer before
+                // it committed. SQLite's writers already take turns.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(format!("audit:{}:{}", record.action, record.subject))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let inserted = sqlx::query(INSERT_AUDIT_ONCE)
+                .bind(now)
+                .bind(record.actor.as_str())
+                .bind(record.action.as_str())
+                .bind(record.subject.as_str())
+                .bind(record.reason.as_deref())
+                .bind(record.details.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            inserted == 1
+        });
+        Ok(appended)
     }
 
     /// The newest `limit` records before `before_id` (or the newest of all), newest first.
