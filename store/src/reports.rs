@@ -535,12 +535,15 @@ impl Store {
         }))
     }
 
+    /// The latest date with a stored report (`YYYY-MM-DD`), if any.
+    pub async fn latest_report_date(&self) -> Result<Option<String>, StoreError> {
+        let sql = "SELECT MAX(report_date) FROM reports";
+        Ok(on_backend!(self, |pool, _dialect| sqlx::query_scalar(sql).fetch_one(pool).await?))
+    }
+
     /// The stored report of the latest date, if any.
     pub async fn latest_report(&self) -> Result<Option<StoredReport>, StoreError> {
-        let sql = "SELECT MAX(report_date) FROM reports";
-        let latest: Option<String> =
-            on_backend!(self, |pool, _dialect| sqlx::query_scalar(sql).fetch_one(pool).await?);
-        match latest {
+        match self.latest_report_date().await? {
             Some(date) => self.report(&date).await,
             None => Ok(None),
         }

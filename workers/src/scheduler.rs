@@ -3,7 +3,9 @@
 //! stamped in its last moments but committed just after are in it; on start, the last day is caught up (hours that
 //! passed while no worker ran), the dedupe keys skipping those already done. It also deletes the records of jobs
 //! done more than 30 days ago. When a report schedule is set, it also records the nightly report's job of the day
-//! the schedule last made due (`report:<date>` dedupe key: one per date across every scheduler).
+//! the schedule last made due (`report:<date>` dedupe key: one per date across every scheduler), and of the days
+//! before it back to the latest stored report (at most a week) that no worker was up to record.
+use chrono::Days;
 use creditflow_jobs::reports::BuildReportV1;
 use creditflow_jobs::scheduled::{HourV1, ScheduledJob};
 use creditflow_reports::ReportSchedule;
@@ -19,6 +21,8 @@ const SETTLE: time::Duration = time::Duration::minutes(2);
 const CATCH_UP_HOURS: i64 = 24;
 /// How long the records of done jobs are kept.
 const DONE_JOBS_KEPT: time::Duration = time::Duration::days(30);
+/// Days before the latest due one whose missed reports are recorded too (when a stored report is older than that).
+const CATCH_UP_REPORT_DAYS: u64 = 7;
 /// Stalled jobs queued again per sweep: a broker that lost a large backlog is refilled over several sweeps.
 const REQUEUE_BATCH: i64 = 1_000;
 
@@ -43,18 +47,32 @@ pub async fn schedule_once(store: &Store, now: OffsetDateTime) -> Result<Vec<Sch
     schedule_hours(store, now, 1).await
 }
 
-/// Records the report job of the day the schedule last made due before `now`, once per date whatever the number of
-/// schedulers (the outbox's dedupe key); returns it.
+/// Records the report job of the day the schedule last made due before `now`, and of the days between the latest
+/// stored report and it (at most [`CATCH_UP_REPORT_DAYS`] before it): reports whose night passed while no worker
+/// ran. With no stored report (a new installation) only the due day is recorded. Once per date whatever the number
+/// of schedulers (the outbox's dedupe key, kept as long as the job's record); returns the jobs, oldest first.
 pub async fn schedule_report(
     store: &Store,
     schedule: &ReportSchedule,
     now: OffsetDateTime,
-) -> Result<Option<BuildReportV1>, String> {
-    let Some(date) = schedule.due(now) else { return Ok(None) };
-    let job = BuildReportV1 { date: date.format("%Y-%m-%d").to_string(), force: false, request: None };
-    let payload = serde_json::to_string(&job).map_err(|error| error.to_string())?;
-    store.enqueue_once(REPORTS_QUEUE, &payload, &job.dedupe_key()).await.map_err(|e| e.to_string())?;
-    Ok(Some(job))
+) -> Result<Vec<BuildReportV1>, String> {
+    let Some(due) = schedule.due(now) else { return Ok(Vec::new()) };
+    let latest = store.latest_report_date().await.map_err(|error| error.to_string())?;
+    let mut first = due;
+    if let Some(latest) = latest.as_deref().and_then(|date| creditflow_reports::parse_date(date).ok()) {
+        let earliest = due.checked_sub_days(Days::new(CATCH_UP_REPORT_DAYS)).unwrap_or(due);
+        if let Some(next) = latest.succ_opt().filter(|next| *next < due) {
+            first = next.max(earliest);
+        }
+    }
+    let mut jobs = Vec::new();
+    for date in first.iter_days().take_while(|date| *date <= due) {
+        let job = BuildReportV1 { date: date.format("%Y-%m-%d").to_string(), force: false, request: None };
+        let payload = serde_json::to_string(&job).map_err(|error| error.to_string())?;
+        store.enqueue_once(REPORTS_QUEUE, &payload, &job.dedupe_key()).await.map_err(|e| e.to_string())?;
+        jobs.push(job);
+    }
+    Ok(jobs)
 }
 
 /// Schedules every `interval` until `stop` says so, catching up on the last day first.

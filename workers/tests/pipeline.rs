@@ -454,10 +454,11 @@ async fn the_nightly_report_is_queued_once_per_date_and_emailed_once() {
     let today = now.date();
     let before_half_past = now.time() < time::macros::time!(00:30);
     for _ in 0..3 {
-        let job = creditflow_workers::schedule_report(&store, &schedule, now).await.expect("scheduled");
+        let jobs = creditflow_workers::schedule_report(&store, &schedule, now).await.expect("scheduled");
         let expected =
             if before_half_past { today - time::Duration::days(2) } else { today.previous_day().expect("day") };
-        assert_eq!(job.expect("due").date, expected.to_string());
+        let dates: Vec<&str> = jobs.iter().map(|job| job.date.as_str()).collect();
+        assert_eq!(dates, [expected.to_string()], "no stored report yet: only the day due");
     }
     let outbox = store.unrelayed_outbox(10).await.expect("outbox");
     let reports: Vec<_> = outbox.iter().filter(|m| m.queue == "reports").collect();
@@ -476,7 +477,7 @@ async fn the_nightly_report_is_queued_once_per_date_and_emailed_once() {
     handlers.reports = report_deps(&store, report_mail.path(), vec!["finance@example.com"]);
     let deps = handlers.reports.clone();
     // Each worker process's scheduler records the job too: still one.
-    let settings = WorkerSettings { report_schedule: Some(schedule), ..WorkerSettings::default() };
+    let settings = WorkerSettings { report_schedule: Some(schedule.clone()), ..WorkerSettings::default() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let workers = tokio::spawn(run(store.clone(), handlers, queues, settings, async move {
         let _ = stopped.await;
@@ -496,6 +497,25 @@ async fn the_nightly_report_is_queued_once_per_date_and_emailed_once() {
     assert_eq!(emails(), 1, "one email per date");
     let done = store.jobs(Some("reports"), &[JobState::Done], 10).await.expect("jobs");
     assert_eq!(done.len(), 1, "one job for the date: {done:?}");
+
+    // No worker ran for three nights: the first scheduler up records the three reports missed since the stored one.
+    let stored_day = time::Date::parse(&date, time::macros::format_description!("[year]-[month]-[day]")).expect("date");
+    let day = |after: i64| (stored_day + time::Duration::days(after)).to_string();
+    let later = now + time::Duration::days(3);
+    let missed = creditflow_workers::schedule_report(&store, &schedule, later).await.expect("scheduled");
+    let dates: Vec<String> = missed.iter().map(|job| job.date.clone()).collect();
+    assert_eq!(dates, [day(1), day(2), day(3)]);
+    let report_jobs = || async {
+        let outbox = store.unrelayed_outbox(100).await.expect("outbox");
+        outbox.iter().filter(|m| m.queue == "reports").count()
+    };
+    assert_eq!(report_jobs().await, 3);
+    creditflow_workers::schedule_report(&store, &schedule, later).await.expect("scheduled again");
+    assert_eq!(report_jobs().await, 3, "each date once");
+    // After a month away, the last week is caught up, not the whole month.
+    let month = creditflow_workers::schedule_report(&store, &schedule, now + time::Duration::days(30)).await;
+    let dates: Vec<String> = month.expect("scheduled").iter().map(|job| job.date.clone()).collect();
+    assert_eq!(dates, (23..=30).map(day).collect::<Vec<_>>(), "the due day and the 7 before it");
 }
 
 /// apalis-redis 1.0 moves every due job of a queue to its ready list in one Lua call, which fails past about 8,000
