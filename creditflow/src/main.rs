@@ -20,7 +20,7 @@ use crate::cli::{Cli, Command};
 /// mimalloc rather than glibc's allocator. A usage batch allocates and frees tens of thousands of small strings and
 /// maps at once; under glibc's allocator the worker spent more than half of its CPU in malloc and free (profiled
 /// with perf while `bench/api/run --only batches` ran). Two builds differing only in this line, on one machine:
-/// batches 43,000-46,000 -> 51,000-52,500 events/s, with about 30 MiB more peak memory (bench/README.md).
+/// batches 43,000-46,000 -> 51,000-52,500 events/s, with 20-65 MiB more peak memory (bench/README.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -57,10 +57,14 @@ const INSERT_AUDIT_ONCE: &str = "INSERT INTO audit_log (at, actor, action, subje
      SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM audit_log \
      WHERE subject = $4 AND action = $3 AND reason IS NOT DISTINCT FROM $5)";
 
-/// Appends `$record` at `$now` inside the open transaction `$tx` (a macro so one body serves both backends).
+/// Appends `$record` at `$now` inside the open transaction `$tx` (a macro so one body serves both backends), with
+/// [`INSERT_AUDIT`] or another statement taking the same six parameters.
 macro_rules! insert_audit {
     ($tx:expr, $record:expr, $now:expr) => {
-        sqlx::query($crate::audit::INSERT_AUDIT)
+        $crate::audit::insert_audit!($tx, $record, $now, $crate::audit::INSERT_AUDIT)
+    };
+    ($tx:expr, $record:expr, $now:expr, $sql:expr) => {
+        sqlx::query($sql)
             .bind($now)
             .bind($record.actor.as_str())
             .bind($record.action.as_str())
@@ -98,16 +102,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            let inserted = sqlx::query(INSERT_AUDIT_ONCE)
-                .bind(now)
-                .bind(record.actor.as_str())
-                .bind(record.action.as_str())
-                .bind(record.subject.as_str())
-                .bind(record.reason.as_deref())
-                .bind(record.details.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let inserted = insert_audit!(tx, record, now, INSERT_AUDIT_ONCE).await?.rows_affected();
             tx.commit().await?;
             inserted == 1
         });

@@ -58,13 +58,12 @@ pub async fn schedule_report(
 ) -> Result<Vec<BuildReportV1>, String> {
     let Some(due) = schedule.due(now) else { return Ok(Vec::new()) };
     let latest = store.latest_report_date().await.map_err(|error| error.to_string())?;
-    let mut first = due;
-    if let Some(latest) = latest.as_deref().and_then(|date| creditflow_reports::parse_date(date).ok()) {
-        let earliest = due.checked_sub_days(Days::new(CATCH_UP_REPORT_DAYS)).unwrap_or(due);
-        if let Some(next) = latest.succ_opt().filter(|next| *next < due) {
-            first = next.max(earliest);
-        }
-    }
+    let earliest = due.checked_sub_days(Days::new(CATCH_UP_REPORT_DAYS)).unwrap_or(due);
+    let first = latest
+        .as_deref()
+        .and_then(|date| creditflow_reports::parse_date(date).ok())
+        .and_then(|latest| latest.succ_opt())
+        .map_or(due, |next| next.clamp(earliest, due));
     let mut jobs = Vec::new();
     for date in first.iter_days().take_while(|date| *date <= due) {
         let job = BuildReportV1 { date: date.format("%Y-%m-%d").to_string(), force: false, request: None };
